@@ -1,0 +1,48 @@
+"""bilevel: differentiable bilevel optimization in JAX (knows nothing of poisoning).
+
+Public API:
+
+- :func:`minimize` with hypergradient strategies :class:`Implicit`, :class:`Direct` (and the unrolled
+  family in :mod:`bilevel.unroll`), inner solvers in :mod:`bilevel.solvers`;
+- :func:`root_solve`, :func:`fixed_point_solve`, :func:`custom_root`, :func:`custom_fixed_point`:
+  implicit differentiation as a ``jax.custom_jvp`` (forward and reverse mode, any order);
+- adjoint linear solvers :mod:`bilevel.linear_solve` (one signature, the solver is an argument);
+- second-order products :mod:`bilevel.hvp`; the differentiable QP/KKT map :mod:`bilevel.kkt`;
+- influence functions :mod:`bilevel.influence`; inner problems :mod:`bilevel.problems`.
+"""
+
+from bilevel import hvp as hvp_ops  # noqa: F401  (module alias; the function is re-exported below)
+from bilevel._checks import BilevelError, ConvergenceError, NonFiniteError
+from bilevel.hvp import gauss_newton_vp, hessian_matvec, hvp, mixed_jvp, mixed_vjp
+from bilevel.implicit import (
+    ImplicitConfig,
+    custom_fixed_point,
+    custom_root,
+    fixed_point_solve,
+    root_solve,
+)
+from bilevel.linear_solve import (
+    SOLVERS,
+    LinearSolution,
+    get_solver,
+    solve_bicgstab,
+    solve_cg,
+    solve_cholesky,
+    solve_gmres,
+    solve_lissa,
+    solve_lu,
+    solve_neumann,
+    solve_normal_cg,
+)
+from bilevel.minimize import Direct, HypergradientMethod, Implicit, minimize
+from bilevel.solvers import (
+    LBFGS,
+    ClosedForm,
+    GradientDescent,
+    InnerSolver,
+    Newton,
+    OptaxSolver,
+    SolverInfo,
+)
+
+__version__ = "0.1.0"

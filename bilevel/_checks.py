@@ -1,0 +1,105 @@
+"""Run-time checks that work on concrete values, under ``jit`` and under ``vmap``.
+
+A failed check must never turn into a silent NaN. On concrete (non-traced) values the check raises a
+Python exception at once; on traced values it is staged with :func:`jax.debug.callback`, which raises
+from the host when the compiled computation runs (JAX re-raises it as ``JaxRuntimeError`` whose text
+contains our message).
+
+``on_failure`` policies, used across the package:
+
+- ``"raise"`` (default): raise :class:`BilevelError` (or the subclass given).
+- ``"warn"``: emit a :class:`RuntimeWarning` and return the value unchanged.
+- ``"ignore"``: return the value unchanged (for callers that read the flagged residuals themselves).
+"""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+OnFailure = Literal["raise", "warn", "ignore"]
+ON_FAILURE_CHOICES = ("raise", "warn", "ignore")
+
+
+class BilevelError(RuntimeError):
+    """Base class of the run-time errors raised by :mod:`bilevel`."""
+
+
+class ConvergenceError(BilevelError):
+    """An inner or adjoint solve did not reach its tolerance."""
+
+
+class NonFiniteError(BilevelError):
+    """A solve produced NaN or inf."""
+
+
+def check_on_failure(on_failure: str) -> None:
+    if on_failure not in ON_FAILURE_CHOICES:
+        raise ValueError(f"on_failure must be one of {ON_FAILURE_CHOICES}, got {on_failure!r}")
+
+
+def _is_concrete(x) -> bool:
+    try:
+        np.asarray(x)
+        return True
+    except Exception:  # tracer
+        return False
+
+
+def error_if(
+    value,
+    failed,
+    message: str,
+    *,
+    on_failure: OnFailure = "raise",
+    error: type = BilevelError,
+    fmt_args: dict | None = None,
+):
+    """Return ``value``; raise/warn with ``message`` when the boolean ``failed`` is true.
+
+    ``failed`` may be a Python bool, a concrete array or a tracer; any element true counts as failure.
+    ``message`` may hold ``str.format`` fields filled from ``fmt_args`` (arrays, reduced to their
+    largest value when batched), so the measured residual appears in the error even under ``jit``.
+    """
+    check_on_failure(on_failure)
+    if on_failure == "ignore":
+        return value
+    fmt_args = dict(fmt_args or {})
+    static = {k: v for k, v in fmt_args.items() if isinstance(v, (str, int, float))}
+    dynamic = {k: v for k, v in fmt_args.items() if k not in static}
+
+    def _act(flag, dyn):
+        if np.any(np.asarray(flag)):
+            vals = dict(static)
+            for k, v in dyn.items():
+                a = np.asarray(v, dtype=float)
+                vals[k] = float(np.nan if np.isnan(a).any() else a.max()) if a.size else float("nan")
+            msg = message.format(**vals)
+            if on_failure == "raise":
+                raise error(msg)
+            warnings.warn(msg, RuntimeWarning, stacklevel=3)
+
+    if _is_concrete(failed) and all(_is_concrete(v) for v in dynamic.values()):
+        _act(failed, dynamic)
+        return value
+    jax.debug.callback(_act, jnp.any(failed), dynamic)
+    return value
+
+
+def tree_all_finite(tree) -> jax.Array:
+    """Scalar bool: every leaf of ``tree`` is finite."""
+    leaves = [jnp.all(jnp.isfinite(l)) for l in jax.tree_util.tree_leaves(tree)]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def validate_finite(name: str, tree) -> None:
+    """Raise ``ValueError`` naming the argument when a concrete input holds NaN/inf (no-op on tracers)."""
+    for leaf in jax.tree_util.tree_leaves(tree):
+        if _is_concrete(leaf):
+            a = np.asarray(leaf)
+            if a.dtype.kind in "fc" and not np.all(np.isfinite(a)):
+                raise ValueError(f"argument {name!r} contains NaN or inf")
