@@ -200,14 +200,22 @@ class Newton(InnerSolver):
         hess = jax.hessian(f)(flat)
         hess = hess + self.damping * jnp.eye(flat.size, dtype=flat.dtype)
         direction = -jnp.linalg.solve(hess, g)
-        # Fall back to steepest descent if the Newton direction is not a descent direction.
+        # Fall back to steepest descent if the Newton direction is not a finite descent direction
+        # (singular or indefinite Hessian).
         slope = jnp.vdot(g, direction)
-        direction = jnp.where(slope < 0, direction, -g)
+        ok = jnp.isfinite(slope) & (slope < 0) & jnp.all(jnp.isfinite(direction))
+        direction = jnp.where(ok, direction, -g)
         slope = jnp.vdot(g, direction)
+
+        # Near the optimum the predicted decrease falls below the rounding error of the loss; a
+        # change within a few ulps of |loss| then counts as sufficient (else Newton stalls there).
+        slack = 16.0 * jnp.finfo(flat.dtype).eps * (jnp.abs(value) + 1.0)
 
         def cond(c):
             t, i = c
-            return (f(flat + t * direction) > value + self.armijo * t * slope) & (i < self.max_backtracks)
+            # False on NaN/inf, so a non-finite trial is always rejected.
+            sufficient = f(flat + t * direction) <= value + self.armijo * t * slope + slack
+            return jnp.logical_not(sufficient) & (i < self.max_backtracks)
 
         def body(c):
             t, i = c
