@@ -11,7 +11,6 @@ Public API:
 - influence functions :mod:`bilevel.influence`; inner problems :mod:`bilevel.problems`.
 """
 
-from bilevel import hvp as hvp_ops  # noqa: F401  (module alias; the function is re-exported below)
 from bilevel._checks import BilevelError, ConvergenceError, NonFiniteError
 from bilevel.hvp import gauss_newton_vp, hessian_matvec, hvp, mixed_jvp, mixed_vjp
 from bilevel.implicit import (
@@ -44,5 +43,26 @@ from bilevel.solvers import (
     OptaxSolver,
     SolverInfo,
 )
+
+from bilevel.kkt import QPSolution, kkt_residual, solve_qp
+from bilevel.influence import (
+    compute_s_test,
+    influence_loss,
+    influence_params,
+    influence_perturbation,
+    inverse_hvp,
+    predicted_loo_change,
+    training_objective,
+)
+from bilevel.unroll import BackGradient, MiniBatches, Truncated, Unrolled, back_gradient_solve, unrolled_solve
+from bilevel.stackelberg import (
+    StackelbergConfig,
+    StackelbergResult,
+    StackelbergSolver,
+    solve_gradient_play,
+    solve_stackelberg,
+    solve_stackelberg_batched,
+)
+from bilevel import problems  # noqa: E402
 
 __version__ = "0.1.0"

@@ -86,6 +86,9 @@ def error_if(
     if _is_concrete(failed) and all(_is_concrete(v) for v in dynamic.values()):
         _act(failed, dynamic)
         return value
+    # An unconditional callback (about 0.1 ms) rather than one inside lax.cond: outside jit the
+    # callback then raises our own exception class (callers can catch ConvergenceError), while a
+    # callback compiled into a cond surfaces as a generic JaxRuntimeError.
     jax.debug.callback(_act, jnp.any(failed), dynamic)
     return value
 

@@ -175,6 +175,7 @@ def _prepare(Q, c, A, b, lower, upper):
     # values (only when concrete): NaN/inf in the data, NaN in the bounds, empty boxes
     for name, v in (("Q", Q), ("c", c), ("A", A), ("b", b)):
         validate_finite(name, v)
+    Q = 0.5 * (Q + Q.T)  # only the symmetric part enters the objective
     for name, v in (("lower", lower), ("upper", upper)):
         if _is_concrete(v) and np.any(np.isnan(np.asarray(v))):
             raise ValueError(f"argument {name!r} contains NaN")
@@ -239,7 +240,8 @@ def _polish(Q, c, A, b, l, u, lo, up, x0, nu0, n_refine):
         [jnp.concatenate([Q, A.T], axis=1), jnp.concatenate([A, jnp.zeros((m, m), dtype)], axis=1)], axis=0
     )
     K = keep[:, None] * Kfull * keep[None, :] + _diag_matrix(1.0 - keep)
-    rhs = keep * (jnp.concatenate([-c, b]) - Kfull[:, :n] @ xB) + jnp.concatenate([(1.0 - f) * xB, jnp.zeros((m,), dtype)])
+    rhs = keep * (jnp.concatenate([-c, b]) - Kfull[:, :n] @ xB)
+    rhs = rhs + jnp.concatenate([(1.0 - f) * xB, jnp.zeros((m,), dtype)])
 
     scale = jax.lax.stop_gradient(jnp.maximum(1.0, jnp.max(jnp.abs(Kfull))))
     delta = _reg_delta(dtype) * scale
@@ -295,13 +297,16 @@ def kkt_residual(Q, c, A, b, l, u, x, nu, lo, up):
     Qx = Q @ x
     Atnu = A.T @ nu
     g = Qx + c + Atnu
-    dual = jnp.where(fixed, 0.0, jnp.where(free, jnp.abs(g), jnp.where(lo, jnp.maximum(-g, 0.0), jnp.maximum(g, 0.0))))
-    comp = jnp.where(lo, jnp.abs(x - jnp.where(lo, l, 0.0)), 0.0) + jnp.where(up, jnp.abs(x - jnp.where(up, u, 0.0)), 0.0)
+    sign_viol = jnp.where(lo, jnp.maximum(-g, 0.0), jnp.maximum(g, 0.0))
+    dual = jnp.where(fixed, 0.0, jnp.where(free, jnp.abs(g), sign_viol))
+    comp = jnp.where(lo, jnp.abs(x - jnp.where(lo, l, 0.0)), 0.0)
+    comp = comp + jnp.where(up, jnp.abs(x - jnp.where(up, u, 0.0)), 0.0)
     box = jnp.maximum(jnp.maximum(l - x, x - u), 0.0)
     eq = jnp.abs(A @ x - b)
     sp = 1.0 + jnp.maximum(jnp.max(jnp.abs(x), initial=0.0), jnp.max(jnp.abs(b), initial=0.0))
     sd = 1.0 + jnp.maximum(
-        jnp.max(jnp.abs(c), initial=0.0), jnp.maximum(jnp.max(jnp.abs(Qx), initial=0.0), jnp.max(jnp.abs(Atnu), initial=0.0))
+        jnp.max(jnp.abs(c), initial=0.0),
+        jnp.maximum(jnp.max(jnp.abs(Qx), initial=0.0), jnp.max(jnp.abs(Atnu), initial=0.0)),
     )
     rp = jnp.maximum(jnp.maximum(jnp.max(box, initial=0.0), jnp.max(eq, initial=0.0)), jnp.max(comp, initial=0.0))
     rd = jnp.max(dual, initial=0.0)
@@ -408,7 +413,7 @@ def _ipm(Q, c, A, b, l, u, *, maxiter, eps):
         a = jnp.minimum(1.0, eta * step_len(dx, dzl, dzu))
         xn, nun, zln, zun = x + a * dx, nu + a * dnu, zl + a * dzl, zu + a * dzu
 
-        ok = jnp.all(jnp.isfinite(xn)) & jnp.all(jnp.isfinite(nun)) & jnp.all(jnp.isfinite(zln)) & jnp.all(jnp.isfinite(zun))
+        ok = jnp.all(jnp.isfinite(jnp.concatenate([xn, nun, zln, zun])))
         xn, nun, zln, zun = (jnp.where(ok, new, old) for new, old in ((xn, x), (nun, nu), (zln, zl), (zun, zu)))
         _, _, Qx, rd, rp, mu = parts(xn, nun, zln, zun)
         sd = sc + jnp.max(jnp.abs(Qx), initial=0.0)
@@ -484,7 +489,7 @@ def solve_qp(
 
     ``x`` and ``eq_multipliers`` of the result are differentiable (forward and reverse mode, and under
     ``vmap``/``jit``) w.r.t. ``Q, c, A, b, lower, upper`` through the KKT system on the (frozen) active
-    set.  ``Q`` must be symmetric PSD (only its symmetric part is meaningful; pass a symmetric matrix).
+    set.  ``Q`` must be PSD; only its symmetric part ``(Q + Q')/2`` is used (and differentiated).
 
     Args:
       Q: ``(n, n)`` symmetric PSD matrix.
@@ -571,7 +576,7 @@ def _run_forward(data, warm, static):
         return _forward(*args, **static)
     key = (
         jax.tree_util.tree_structure(args),
-        tuple((v.shape, str(v.dtype)) for v in leaves),
+        tuple((v.shape, str(v.dtype), getattr(v, "weak_type", False), getattr(v, "sharding", None)) for v in leaves),
         tuple(sorted(static.items())),
     )
     exe = _FORWARD_EXECUTABLES.get(key)

@@ -101,7 +101,8 @@ def minimize(
 
     Args:
       loss: scalar loss ``loss(params, *args)``, params any pytree of float arrays.
-      init: initial params (receives no derivative).
+      init: initial params. Under :class:`Implicit` it receives no derivative (the minimizer does
+        not depend on it); the unrolled strategies differentiate the trajectory from ``init`` too.
       *args: hyperparameters and data (pytrees of arrays); derivatives flow to all of them.
       solver: an inner solver of :mod:`bilevel.solvers`; default ``LBFGS(maxiter=500, tol=1e-6)``.
         A solve that does not reach the solver's ``tol`` raises :class:`~bilevel.ConvergenceError`

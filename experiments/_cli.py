@@ -72,7 +72,7 @@ def base_parser(description: str | None = None, *, default_out: str | None = Non
     parser.add_argument(
         "--data-dir",
         default=os.environ.get(DATA_DIR_ENV) or None,
-        help=f"folder of the offline data sets (default: ${DATA_DIR_ENV})",
+        help=f"folder of the offline data sets (defaults to ${DATA_DIR_ENV} when set)",
     )
     parser.add_argument("--out", metavar="DIR", default=default_out, help="output folder for results and figures")
     parser.add_argument("--quick", action="store_true", help="a short run (tests, smoke checks)")

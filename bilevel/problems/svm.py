@@ -42,6 +42,17 @@ import numpy as np
 
 from bilevel._checks import _is_concrete, validate_finite
 from bilevel.kkt import QPSolution, solve_qp
+from bilevel.problems._common import (
+    Params,
+    check_binary_labels,
+    check_linear_params,
+    check_reg,
+    check_weights,
+    check_X,
+    l2_penalty,
+    linear_decision,
+    weighted_mean,
+)
 
 __all__ = [
     "SVMDualSolution",
@@ -81,25 +92,9 @@ class SVMDualSolution(NamedTuple):
         return {"w": self.w, "b": self.b}
 
 
-def validate_labels(y, name: str = "y") -> None:
-    """Raise ``ValueError`` naming the argument if concrete labels are not all in ``{-1, +1}``."""
-    if _is_concrete(y):
-        a = np.asarray(y)
-        if a.size and not np.all((a == 1) | (a == -1)):
-            bad = np.unique(a[(a != 1) & (a != -1)])[:5]
-            raise ValueError(f"argument {name!r} must contain only -1/+1 labels, found {bad.tolist()}")
-
-
-def _check_xy(X, y):
-    X = jnp.asarray(X)
-    y = jnp.asarray(y)
-    if X.ndim != 2:
-        raise ValueError(f"argument 'X' has shape {tuple(X.shape)}, expected (n, d)")
-    if y.shape != (X.shape[0],):
-        raise ValueError(f"argument 'y' has shape {tuple(y.shape)}, expected ({X.shape[0]},)")
-    validate_finite("X", X)
-    validate_labels(y)
-    return X, y
+def validate_labels(y, n: int, name: str = "y") -> None:
+    """Labels must have shape ``(n,)`` and (when concrete) values in ``{-1, +1}``; ``ValueError`` otherwise."""
+    check_binary_labels(y, n, name, values=(-1, 1))
 
 
 def svm_dual_fit(
@@ -127,11 +122,12 @@ def svm_dual_fit(
       :class:`SVMDualSolution`; ``w``, ``b``, ``alpha`` are differentiable w.r.t. ``X``, ``C`` (and ``y``
       as a real vector, though labels are normally held fixed).
     """
-    X, y = _check_xy(X, y)
-    n = X.shape[0]
+    n, _ = check_X(X)
+    validate_labels(y, n)
+    X = jnp.asarray(X)
     dtype = jnp.result_type(X, float)
     X = X.astype(dtype)
-    y = y.astype(dtype)
+    y = jnp.asarray(y).astype(dtype)
     C = jnp.asarray(C, dtype)
     if C.ndim == 0:
         C = jnp.broadcast_to(C, (n,))
@@ -167,41 +163,72 @@ def svm_dual_fit(
     )
 
 
-def _wb(params):
+def _as_params(params) -> Params:
     if isinstance(params, dict):
-        return params["w"], params["b"]
-    return params.w, params.b
+        return params
+    if hasattr(params, "w") and hasattr(params, "b"):  # e.g. an SVMDualSolution
+        return {"w": params.w, "b": params.b}
+    raise ValueError(f"argument 'params' must be a dict with keys 'w' and 'b', got {type(params).__name__}")
 
 
-def svm_decision(params, X):
-    """Decision values ``X w + b`` for ``params = {"w": (d,), "b": ()}`` (or an :class:`SVMDualSolution`)."""
-    w, b = _wb(params)
-    return jnp.asarray(X) @ w + b
+def _single_output(params, d) -> None:
+    if check_linear_params(params, d) is not None:
+        raise ValueError("argument 'params': the binary SVM expects 'w' of shape (d,) and a scalar 'b'")
 
 
-def _weighted_mean(per_example, weights):
-    if weights is None:
-        return jnp.mean(per_example)
-    weights = jnp.asarray(weights)
-    if weights.shape != per_example.shape:
-        raise ValueError(f"argument 'weights' has shape {tuple(weights.shape)}, expected {tuple(per_example.shape)}")
-    return jnp.mean(weights * per_example)
+def _margins(params, X, y):
+    return jnp.asarray(y) * linear_decision(params, X)
 
 
-def hinge_loss(params, X, y, weights=None):
-    """Mean (optionally weighted) hinge loss ``max(0, 1 - y (X w + b))``."""
-    validate_labels(y)
-    return _weighted_mean(jnp.maximum(0.0, 1.0 - jnp.asarray(y) * svm_decision(params, X)), weights)
-
-
-def smooth_hinge(z, t=0.001):
-    """Koh & Liang (2017) SmoothHinge ``t * softplus((1 - z) / t)``; tends to ``max(0, 1 - z)`` as ``t -> 0``."""
-    if _is_concrete(t) and not np.all(np.asarray(t) > 0):
-        raise ValueError(f"argument 't' must be positive, got {t}")
+def _smooth_hinge(z, t):
     return t * jax.nn.softplus((1.0 - z) / t)
 
 
-def svm_primal_loss(params, reg, X, y, weights=None, t=0.001):
+@jax.jit
+def _hinge_loss(params, X, y, weights):
+    return weighted_mean(jnp.maximum(0.0, 1.0 - _margins(params, X, y)), weights)
+
+
+@jax.jit
+def _primal_loss(params, reg, X, y, weights, t):
+    return weighted_mean(_smooth_hinge(_margins(params, X, y), t), weights) + l2_penalty(params["w"], reg)
+
+
+_decision = jax.jit(linear_decision)
+
+
+def _check_t(t) -> None:
+    if jnp.ndim(t) != 0:
+        raise ValueError(f"argument 't' must be a scalar, got shape {jnp.shape(t)}")
+    if _is_concrete(t) and not float(np.asarray(t)) > 0:
+        raise ValueError(f"argument 't' must be positive, got {t}")
+
+
+def svm_decision(params, X) -> jax.Array:
+    """Decision values ``X w + b`` for ``params = {"w": (d,), "b": ()}`` (or an :class:`SVMDualSolution`)."""
+    params = _as_params(params)
+    _, d = check_X(X)
+    _single_output(params, d)
+    return _decision(params, X)
+
+
+def hinge_loss(params, X, y, weights=None) -> jax.Array:
+    """Mean (optionally weighted) hinge loss ``max(0, 1 - y (X w + b))``, labels in ``{-1, +1}``."""
+    params = _as_params(params)
+    n, d = check_X(X)
+    _single_output(params, d)
+    validate_labels(y, n)
+    check_weights(weights, n)
+    return _hinge_loss(params, X, y, weights)
+
+
+def smooth_hinge(z, t=0.001) -> jax.Array:
+    """Koh & Liang (2017) SmoothHinge ``t * softplus((1 - z) / t)``; tends to ``max(0, 1 - z)`` as ``t -> 0``."""
+    _check_t(t)
+    return _smooth_hinge(z, t)
+
+
+def svm_primal_loss(params, reg, X, y, weights=None, t=0.001) -> jax.Array:
     """Smoothed-hinge linear SVM objective.
 
     ``mean_i weights_i * smooth_hinge(y_i (x_i'w + b), t) + 0.5 * sum(reg * w**2)``.
@@ -212,10 +239,11 @@ def svm_primal_loss(params, reg, X, y, weights=None, t=0.001):
       X: ``(n, d)``; y: ``(n,)`` labels in ``{-1, +1}``; weights: optional ``(n,)`` per-example weights.
       t: smoothing temperature (``t -> 0`` recovers the hinge).
     """
-    validate_labels(y)
-    w, _ = _wb(params)
-    reg = jnp.asarray(reg)
-    if reg.ndim not in (0, 1) or (reg.ndim == 1 and reg.shape != w.shape):
-        raise ValueError(f"argument 'reg' has shape {tuple(reg.shape)}, expected () or {tuple(w.shape)}")
-    margins = jnp.asarray(y) * svm_decision(params, X)
-    return _weighted_mean(smooth_hinge(margins, t), weights) + 0.5 * jnp.sum(reg * w**2)
+    params = _as_params(params)
+    n, d = check_X(X)
+    _single_output(params, d)
+    check_reg(reg, d)
+    validate_labels(y, n)
+    check_weights(weights, n)
+    _check_t(t)
+    return _primal_loss(params, reg, X, y, weights, t)

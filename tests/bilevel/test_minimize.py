@@ -132,8 +132,8 @@ def test_jit_and_vmap_over_eight_settings_equal_loop():
         w = minimize(logistic, jnp.zeros(D), lam, X, YB, solver=LBFGS(tol=1e-10))
         return jnp.mean((XV @ w - YVB) ** 2)
 
-    g = jax.grad(val)
-    batched = jax.jit(jax.vmap(g))(lams)
+    g = jax.jit(jax.grad(val))
+    batched = jax.jit(jax.vmap(jax.grad(val)))(lams)
     loop = jnp.stack([g(l) for l in lams])
     np.testing.assert_allclose(batched, loop, rtol=1e-8, atol=1e-14)
     fwd = jax.vmap(jax.jacfwd(val))(lams)

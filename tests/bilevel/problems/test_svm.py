@@ -4,9 +4,11 @@ All dual problems have n = 100 training points so that the jitted QP solver is c
 """
 
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
+import scipy.optimize
 from sklearn.datasets import load_digits
 from sklearn.svm import SVC
 
@@ -155,21 +157,11 @@ def test_derivative_wrt_training_points(gaussians):
             np.testing.assert_allclose(fdC, 0.0, atol=1e-6)
 
 
-def test_warm_start_reuses_active_set(gaussians):
-    X, y = gaussians
-    sol = svm_dual_fit(X, y, 1.0)
-    X2 = X + 1e-4 * np.random.default_rng(3).normal(size=X.shape)
-    cold = svm_dual_fit(X2, y, 1.0)
-    warm = svm_dual_fit(X2, y, 1.0, warm_start=sol)
-    np.testing.assert_allclose(warm.w, cold.w, atol=1e-12)
-    assert float(warm.b) == pytest.approx(float(cold.b), abs=1e-12)
-
-
 def test_dual_validation(gaussians):
     X, y = gaussians
     with pytest.raises(ValueError, match="argument 'y'"):
         svm_dual_fit(X, np.where(y > 0, 1.0, 0.0), 1.0)
-    with pytest.raises(ValueError, match="argument 'y' has shape"):
+    with pytest.raises(ValueError, match="argument 'y' must have shape"):
         svm_dual_fit(X, y[:10], 1.0)
     with pytest.raises(ValueError, match="argument 'C'"):
         svm_dual_fit(X, y, np.ones(3))
@@ -206,7 +198,8 @@ def test_primal_loss_and_gradient(gaussians):
     t = 0.05
     val = svm_primal_loss(params, reg, X, y, weights, t)
     z = y * (X @ np.asarray(params["w"]) + 0.1)
-    manual = np.mean(np.asarray(weights) * t * np.logaddexp(0.0, (1 - z) / t)) + 0.5 * np.sum(np.asarray(reg) * np.asarray(params["w"]) ** 2)
+    manual = np.mean(np.asarray(weights) * t * np.logaddexp(0.0, (1 - z) / t))
+    manual += 0.5 * np.sum(np.asarray(reg) * np.asarray(params["w"]) ** 2)
     assert float(val) == pytest.approx(manual, rel=1e-12)
     # gradient w.r.t. params, reg, X and weights against central differences
     f = lambda p, r, Xa, wt: svm_primal_loss(p, r, Xa, y, wt, t)  # noqa: E731
@@ -224,7 +217,7 @@ def test_primal_loss_and_gradient(gaussians):
         assert float(gflat[k]) == pytest.approx(float(fd), rel=1e-5, abs=1e-9)
     # intercept not regularised; scalar reg = per-feature constant reg
     p0 = {"w": jnp.zeros(D), "b": jnp.asarray(0.0)}
-    assert float(svm_primal_loss(p0, 1.0, X, y)) == pytest.approx(t * np.log1p(np.exp(1 / t)), rel=1e-12)
+    assert float(svm_primal_loss(p0, 1.0, X, y, t=t)) == pytest.approx(t * np.log1p(np.exp(1 / t)), rel=1e-12)
     assert float(svm_primal_loss(params, 0.07, X, y, t=t)) == pytest.approx(
         float(svm_primal_loss(params, jnp.full(D, 0.07), X, y, t=t)), rel=1e-14
     )
@@ -250,10 +243,15 @@ def test_primal_minimiser_approaches_dual_solution(gaussians):
     # mean smoothed hinge + reg/2 |w|^2  ~  C sum hinge + 1/2 |w|^2  with  C = 1 / (n reg)
     X, y = gaussians
     reg = 1.0 / N  # C = 1
-    import scipy.optimize
 
-    f = jax.jit(jax.value_and_grad(lambda v: svm_primal_loss({"w": v[:D], "b": v[D]}, reg, X, y, t=1e-4)))
-    res = scipy.optimize.minimize(lambda v: tuple(np.asarray(o, float) for o in f(jnp.asarray(v))), np.zeros(D + 1), jac=True, method="L-BFGS-B", options={"gtol": 1e-10, "maxiter": 5000})
+    f = jax.jit(jax.value_and_grad(lambda v: svm_primal_loss({"w": v[:D], "b": v[D]}, reg, X, y, t=1e-3)))
+    res = scipy.optimize.minimize(
+        lambda v: tuple(np.asarray(o, float) for o in f(jnp.asarray(v))),
+        np.zeros(D + 1),
+        jac=True,
+        method="L-BFGS-B",
+        options={"gtol": 1e-9, "maxiter": 2000},
+    )
     dual = svm_dual_fit(X, y, 1.0)
-    np.testing.assert_allclose(res.x[:D], dual.w, atol=2e-2)
-    assert res.x[D] == pytest.approx(float(dual.b), abs=5e-2)
+    np.testing.assert_allclose(res.x[:D], dual.w, atol=1e-2)
+    assert res.x[D] == pytest.approx(float(dual.b), abs=1e-2)
