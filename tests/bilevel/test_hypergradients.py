@@ -161,7 +161,10 @@ def test_hypergradient_matches_finite_differences(problem, solver):
         np.testing.assert_allclose(jnp.vdot(g_reg, v), fd, rtol=1e-5)
     for v, fd in zip(dirs_X, fd_X):
         np.testing.assert_allclose(jnp.vdot(g_X, v), fd, rtol=1e-5)
-    # Forward mode along the same directions gives the same numbers.
+    # Forward mode along the same directions gives the same numbers (the custom_jvp rule is shared
+    # by all solvers, so two of them suffice and keep compile time down).
+    if solver not in ("cg", "lu"):
+        return
     jvp_reg = jax.jvp(lambda r: val(r, Xt), (reg,), (dirs_reg[0],))[1]
     np.testing.assert_allclose(jvp_reg, jnp.vdot(g_reg, dirs_reg[0]), rtol=1e-7)
 
