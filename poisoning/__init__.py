@@ -1,0 +1,47 @@
+"""poisoning: data-poisoning attacks written as upper-level objectives over victim learners.
+
+- :mod:`poisoning.attack` — :class:`~poisoning.attack.Learner` (victim training, differentiable in the
+  training features), :class:`~poisoning.attack.PoisoningAttack` (learner + objective + feasible set +
+  step rule) and :func:`~poisoning.attack.run` (sequential or joint projected hypergradient ascent);
+- :mod:`poisoning.objectives` — objectives to maximize (error-generic, error-specific);
+- :mod:`poisoning.feasible` — feasible sets with projections (box, balls, intersections);
+- :mod:`poisoning.attacks` — published attacks (Biggio, Nelson & Laskov 2012);
+- :mod:`poisoning.data` — dataset loaders and paper protocols.
+"""
+
+from poisoning.attack import (
+    AttackResult,
+    Learner,
+    PoisoningAttack,
+    attack_objective,
+    hypergradient,
+    linear_svm_learner,
+    logistic_learner,
+    ridge_learner,
+    run,
+    run_stackelberg,
+)
+from poisoning.feasible import Box, FeasibleSet, Intersection, L2Ball, LinfBall, Unconstrained
+from poisoning.objectives import classification_error, error_generic, error_specific
+
+__all__ = [
+    "AttackResult",
+    "Learner",
+    "PoisoningAttack",
+    "attack_objective",
+    "hypergradient",
+    "linear_svm_learner",
+    "logistic_learner",
+    "ridge_learner",
+    "run",
+    "run_stackelberg",
+    "Box",
+    "FeasibleSet",
+    "Intersection",
+    "L2Ball",
+    "LinfBall",
+    "Unconstrained",
+    "classification_error",
+    "error_generic",
+    "error_specific",
+]
