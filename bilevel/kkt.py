@@ -218,7 +218,7 @@ def _bound_values(lo, up, l, u):
     return jnp.where(lo, l, jnp.where(up, u, 0.0))
 
 
-def _polish(Q, c, A, b, l, u, lo, up, x0, nu0, n_refine):
+def _polish(Q, c, A, b, l, u, lo, up, x0, nu0, n_refine, differentiable=True):
     """Solve the reduced KKT system on the partition ``(lo, up)``; differentiable in the data.
 
     Fixed-size ``(n + m)`` system: bound variables get identity rows ``x_i = bound_i``; equality rows
@@ -243,12 +243,26 @@ def _polish(Q, c, A, b, l, u, lo, up, x0, nu0, n_refine):
     rhs = keep * (jnp.concatenate([-c, b]) - Kfull[:, :n] @ xB)
     rhs = rhs + jnp.concatenate([(1.0 - f) * xB, jnp.zeros((m,), dtype)])
 
-    scale = jax.lax.stop_gradient(jnp.maximum(1.0, jnp.max(jnp.abs(Kfull))))
+    sg = jax.lax.stop_gradient
+    scale = sg(jnp.maximum(1.0, jnp.max(jnp.abs(Kfull))))
     delta = _reg_delta(dtype) * scale
-    lu_piv = jsl.lu_factor(K + _diag_matrix(delta * keep * sign))
+    # The factorisation is never differentiated: the derivative of the solve is the implicit one,
+    # K dz = d(rhs) - dK z, obtained by ``custom_linear_solve`` with the same (regularised + refined)
+    # factorisation, for tangents and cotangents alike (``K`` is symmetric).  This reuses the forward
+    # LU in the backward pass instead of differentiating through ``lu_factor`` and the refinement loop.
+    Ks = sg(K)
+    lu_piv = jax.tree_util.tree_map(sg, jsl.lu_factor(Ks + _diag_matrix(delta * keep * sign)))
 
-    z0 = jax.lax.stop_gradient(jnp.concatenate([x0, nu0]))
-    z = jax.lax.fori_loop(0, n_refine, lambda _, z: z + jsl.lu_solve(lu_piv, rhs - K @ z), z0)
+    def refine(r, z):
+        return jax.lax.fori_loop(0, n_refine, lambda _, z: z + jsl.lu_solve(lu_piv, r - Ks @ z), z)
+
+    z0 = sg(jnp.concatenate([x0, nu0]))
+    zp = refine(sg(rhs), z0)  # primal iterate (nearest solution to z0 on singular systems)
+    if differentiable:
+        solve = lambda _, r: refine(r, jnp.zeros_like(r))
+        z = zp + jax.lax.custom_linear_solve(lambda v: K @ v, rhs - K @ zp, solve, symmetric=True)
+    else:  # the iterative stages (inputs already stop_gradient-ed)
+        z = zp
     x, nu = z[:n], z[n:]
     return x, nu, hf
 
@@ -455,7 +469,7 @@ def _active_set_loop(Q, c, A, b, l, u, lo, up, x, nu, *, tol, maxiter, gamma, at
         nlo = jnp.where(first, lo, nlo)
         nup = jnp.where(first, up, nup)
         same = jnp.all(nlo == lo) & jnp.all(nup == up) & ~first
-        xn, nun, hf = _polish(Q, c, A, b, l, u, nlo, nup, x, nu, n_refine=2)
+        xn, nun, hf = _polish(Q, c, A, b, l, u, nlo, nup, x, nu, n_refine=2, differentiable=False)
         nun = _fix_free_multipliers(Q, c, A, l, u, xn, nun, nlo, nup, hf)
         res = kkt_residual(Q, c, A, b, l, u, xn, nun, nlo, nup)
         stop = (res <= tol) | same
@@ -605,8 +619,10 @@ def _forward(Q, c, A, b, l, u, warm, *, tol, maxiter, active_set_maxiter, active
     wx = jnp.clip(wx, l, u)
     wlo = (wlo | (l == u)) & jnp.isfinite(l)
     wup = wup & ~wlo & jnp.isfinite(u)
-    # a warm partition far from the solution is abandoned quickly for the interior-point path
-    wstate = _active_set_loop(Q, c, A, b, l, u, wlo, wup, wx, wnu, **{**loop, "maxiter": min(active_set_maxiter, 5)})
+    # a warm partition far from the solution is abandoned for the interior-point path (20 active-set
+    # iterations: from a nearby partition, e.g. the previous step of a poisoning attack, they almost
+    # always converge, and each is far cheaper than the interior-point fallback)
+    wstate = _active_set_loop(Q, c, A, b, l, u, wlo, wup, wx, wnu, **{**loop, "maxiter": min(active_set_maxiter, 20)})
     wres = kkt_residual(Q, c, A, b, l, u, wstate[2], wstate[3], wstate[0], wstate[1])
     return jax.lax.cond(wres <= tol, lambda: wstate, cold)
 

@@ -187,8 +187,34 @@ def linear_svm_learner(C: float = 1.0, *, tol: float | None = None, on_failure: 
                           active_lower=jnp.ones((n,), bool), active_upper=jnp.zeros((n,), bool),
                           residual=jnp.asarray(jnp.inf, dtype))
 
-    return Learner(name=f"linear-svm(C={C:g})", fit_fn=fit, decision_fn=_linear_decision, loss_fn=_hinge,
-                   null_warm=null_warm, to_warm=lambda params: params.qp)
+    learner = Learner(name=f"linear-svm(C={C:g})", fit_fn=fit, decision_fn=_linear_decision, loss_fn=_hinge,
+                      null_warm=null_warm, to_warm=lambda params: params.qp)
+    # private fast path of the attack loop (same solution as ``fit`` on the concatenated data): the
+    # dual's matrix Q = diag(y) X X' diag(y) is assembled blockwise, its training block computed once
+    # per ascent, so a step only recomputes (and differentiates) the poison rows' blocks.
+    split_fit = functools.partial(_svm_split_fit, C, tol, on_failure)
+    object.__setattr__(learner, "_split_fit", (_svm_gram_prepare, split_fit))
+    return learner
+
+
+def _svm_gram_prepare(X_tr, y_tr):
+    Z = y_tr[:, None] * X_tr
+    return Z @ Z.T
+
+
+def _svm_split_fit(C, tol, on_failure, Q_tt, X_tr, y_tr, X_p, y_p, weights, warm_start):
+    """``fit(concat(X_tr, X_p), concat(y_tr, y_p), weights, warm_start)`` given ``Q_tt`` of the training block."""
+    from bilevel.problems.svm import _svm_dual_from_gram
+
+    Z_t, Z_p = y_tr[:, None] * X_tr, y_p[:, None] * X_p
+    Q_pt = Z_p @ Z_t.T
+    Q = jnp.concatenate([jnp.concatenate([Q_tt, Q_pt.T], axis=1),
+                         jnp.concatenate([Q_pt, Z_p @ Z_p.T], axis=1)], axis=0)
+    X = jnp.concatenate([X_tr, X_p], axis=0)
+    y = jnp.concatenate([y_tr, y_p])
+    n = X.shape[0]
+    Ci = C * (jnp.ones((n,), X.dtype) if weights is None else jnp.asarray(weights, X.dtype))
+    return _svm_dual_from_gram(X, y, Ci, Q, tol=tol, warm_start=warm_start, on_failure=on_failure)
 
 
 def _normalized(weights, n, dtype):
@@ -416,9 +442,27 @@ def _build_block_ascent(attack: PoisoningAttack, steps: int):
         def cond(c):
             return (c[0] <= steps) & ~c[-1]
 
+        split = getattr(learner, "_split_fit", None)
+        if split is not None:  # training block of the learner's data computed once, outside the loop
+            prepare, split_fit = split
+            y_tr_f, y_p_f = y_tr.astype(dtype), y_p.astype(dtype)
+            cache = sg(prepare(X_tr, y_tr_f))
+            sw = jnp.concatenate([jnp.ones((X_tr.shape[0],), dtype), active.astype(dtype)])
+
+            def hypergrad(X, warm):
+                def f(Xp):
+                    params = split_fit(cache, X_tr, y_tr_f, Xp, y_p_f, sw, warm)
+                    return attack.objective(params, X_val, y_val, learner), params
+
+                (v, params), g = jax.value_and_grad(f, has_aux=True)(X)
+                return v, g, params
+        else:
+            def hypergrad(X, warm):
+                return hypergradient(attack, X, X_tr, y_tr, y_p, X_val, y_val, active, warm)
+
         def body(c):
             k, X, warm, prev_v, bestX, bestv, bestp, accX, acc_d, eta, bad, hist, done = c
-            v, g, p = hypergradient(attack, X, X_tr, y_tr, y_p, X_val, y_val, active, sg(warm))
+            v, g, p = hypergrad(X, sg(warm))
             v = jnp.where(jnp.isfinite(v), v, neg_inf)
             hist = hist.at[k].set(v)
             better = (v > bestv) | (k == 0)

@@ -140,7 +140,19 @@ def svm_dual_fit(
         warm_start = warm_start.qp
 
     Z = y[:, None] * X
-    Q = Z @ Z.T
+    return _svm_dual_from_gram(X, y, C, Z @ Z.T, tol=tol, maxiter=maxiter, active_set_maxiter=active_set_maxiter,
+                               warm_start=warm_start, on_failure=on_failure)
+
+
+def _svm_dual_from_gram(X, y, C, Q, *, tol=None, maxiter=100, active_set_maxiter=50, warm_start=None,
+                        on_failure="raise") -> SVMDualSolution:
+    """:func:`svm_dual_fit` given its (validated, float) ``X, y, C`` and the matrix
+    ``Q = diag(y) X X' diag(y)`` computed by the caller (e.g. blockwise, with the constant block of a
+    poisoning attack's training set computed once)."""
+    n = X.shape[0]
+    dtype = X.dtype
+    if isinstance(warm_start, SVMDualSolution):
+        warm_start = warm_start.qp
     sol = solve_qp(
         Q,
         -jnp.ones((n,), dtype),

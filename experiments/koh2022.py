@@ -1,0 +1,159 @@
+r"""Koh, Steinhardt & Liang (2022), "Stronger data poisoning attacks break data sanitization defenses".
+
+Protocol (``/work/shared/reference/paper-protocols.md`` §3a, §3b, §4; :mod:`poisoning.attacks.koh2022`):
+a smoothed-hinge linear SVM (``wd`` = 0.01 as for MNIST-1-7, C = 1/(n wd)) on two digit classes
+(``--pair POS NEG`` -> +1 / -1, pixels in [0, 1]); ``eps n`` poison points (``--epsilon``, 3 %) at
+``--locations`` distinct locations (copies), half per class, started at label-flipped clean points.
+The attacker ascends the mean smoothed hinge on the test set (as in the paper's release;
+``--target val`` uses a held-out validation split of the training images instead) with the influence
+gradient (I_pert), and
+
+- the *naive* attack projects onto the box [0, 1] only;
+- the *sanitizer-aware* attack projects onto sphere ∩ slab (per-class thresholds at the
+  ``--percentile`` of clean scores around the poisoned centroids) ∩ [0, 1].
+
+Each defense (sphere, slab, loss, k-NN) is fit on the poisoned data, removes the top ``--fraction``
+of each class and the SVM is retrained. Table: clean error, naive attack without / with defense,
+aware attack with defense. Paper headline (Enron 3 % -> 24 %, IMDB 12 % -> 29 % at eps = 3 %);
+its MNIST-1-7 numbers were not retrieved.
+
+Usage::
+
+    python -m experiments.koh2022                                   # digits 1 vs 7 (offline)
+    python -m experiments.koh2022 --dataset mnist --data-dir /work/shared/data --n-train 2000
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Sequence
+
+import numpy as np
+
+from experiments import _cli
+
+__all__ = ["build_parser", "run", "main", "PAPER_NOTE"]
+
+PAPER_NOTE = ("paper (eps=3%, past sphere/slab/loss/SVD/k-NN): Enron 3% -> 24%, IMDB 12% -> 29%; "
+              "MNIST-1-7 numbers not retrieved")
+
+
+def build_parser():
+    p = _cli.base_parser(__doc__.splitlines()[0], default_out="runs/koh2022")
+    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
+    p.add_argument("--pair", nargs=2, type=int, default=(1, 7), metavar=("POS", "NEG"))
+    p.add_argument("--epsilon", type=float, default=0.03, help="poison points as a fraction of n_train")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--step-size", type=float, default=0.5)
+    p.add_argument("--locations", type=int, default=2, help="distinct poison locations (copies spread over them)")
+    p.add_argument("--wd", type=float, default=0.01)
+    p.add_argument("--t", type=float, default=0.01, help="smoothed-hinge temperature")
+    p.add_argument("--fraction", type=float, default=0.05, help="fraction removed per class by each defense")
+    p.add_argument("--percentile", type=float, default=90.0, help="attacker's threshold percentile of clean scores")
+    p.add_argument("--n-train", type=int, default=0, help="subsample the training pair (0 = all)")
+    p.add_argument("--target", choices=("test", "val"), default="test")
+    p.add_argument("--no-plots", action="store_true")
+    return p
+
+
+def _load(args):
+    from poisoning import data
+
+    if args.dataset == "digits":
+        ds = data.load_digits(seed=args.seed)
+    else:
+        ds = data.load_mnist(_cli.resolve_data_dir(args.data_dir))
+    pos, neg = args.pair
+    X, y = data.binary_pair(ds.X_train, ds.y_train, pos, neg)
+    Xt, yt = data.binary_pair(ds.X_test, ds.y_test, pos, neg)
+    rng = np.random.default_rng(args.seed)
+    perm = rng.permutation(len(y))
+    Xv = yv = None
+    if args.target == "val":
+        n_val = len(y) // 5
+        Xv, yv = X[perm[:n_val]], y[perm[:n_val]]
+        perm = perm[n_val:]
+    if args.n_train and args.n_train < len(perm):
+        perm = perm[: args.n_train]
+    X, y = X[np.sort(perm)], y[np.sort(perm)]
+    return X.astype(np.float64), y, Xt.astype(np.float64), yt, Xv, yv
+
+
+def run(args) -> dict[str, Any]:
+    import jax
+
+    jax.config.update("jax_enable_x64", True)
+    from poisoning.attacks import koh2022 as K
+
+    if args.quick:
+        args.steps = min(args.steps, 10)
+        if args.dataset == "mnist" and not args.n_train:
+            args.n_train = 500
+    X, y, Xt, yt, Xv, yv = _load(args)
+    X_tgt, y_tgt = (Xt, yt) if args.target == "test" else (Xv, yv)
+    n_poison = max(1, int(round(args.epsilon * len(y))))
+    cfg = K.SVMConfig(wd=args.wd, t=args.t)
+    common = dict(cfg=cfg, steps=args.steps, step_size=args.step_size, n_locations=args.locations,
+                  percentile=args.percentile, seed=args.seed)
+    t0 = time.perf_counter()
+    naive = K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=False, **common)
+    aware = K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=True, **common)
+    rows = K.evaluate_defenses(X, y, Xt, yt, naive, aware, fraction=args.fraction, cfg=cfg)
+    total = time.perf_counter() - t0
+    pos, neg = args.pair
+    results = {
+        "experiment": "koh2022",
+        "dataset": args.dataset,
+        "pair": [pos, neg],
+        "config": {"n_train": int(len(y)), "n_test": int(len(yt)), "n_poison": n_poison, "epsilon": args.epsilon,
+                   "locations": args.locations, "counts": aware.counts.tolist(), "steps": args.steps,
+                   "step_size": args.step_size, "wd": args.wd, "C": 1.0 / ((len(y) + n_poison) * args.wd),
+                   "t": args.t, "fraction": args.fraction, "percentile": args.percentile, "target": args.target,
+                   "seed": args.seed, "gradient": "influence (I_pert)"},
+        "rows": rows,
+        "target_loss": {"naive_start": float(naive.history[0]), "naive_best": naive.best_value,
+                        "aware_start": float(aware.history[0]), "aware_best": aware.best_value},
+        "attack_seconds": {"naive": naive.seconds, "aware": aware.seconds},
+        "total_seconds": total,
+        "paper": PAPER_NOTE,
+    }
+    out = _cli.ensure_dir(args.out)
+    _cli.write_json_atomic(out / "results.json", results)
+    table = [[r["defense"], r["clean_error"], r["naive_no_defense"], r["naive_with_defense"],
+              r["aware_with_defense"], r["aware_poison_kept"]] for r in rows]
+    print(f"Koh et al. 2022, {args.dataset} {pos} vs {neg}: n={len(y)} test={len(yt)} poison={n_poison} "
+          f"({args.epsilon:g}) in {args.locations} locations, remove {args.fraction:g}/class")
+    print(_cli.format_table(table, ["defense", "clean", "naive", "naive+def", "aware+def", "aware kept"]))
+    print(PAPER_NOTE)
+    print(f"total {total:.1f} s")
+    if not args.no_plots:
+        _plot(out, results)
+    print(f"wrote {out / 'results.json'}")
+    return results
+
+
+def _plot(out, results):
+    plt = _cli.pyplot()
+    rows = results["rows"]
+    keys = ["clean_error", "naive_no_defense", "naive_with_defense", "aware_with_defense"]
+    labels = ["clean", "naive, no defense", "naive + defense", "aware + defense"]
+    fig, ax = plt.subplots(figsize=(6.5, 3.4))
+    w = 0.2
+    xs = np.arange(len(rows))
+    for i, (k, lab) in enumerate(zip(keys, labels)):
+        ax.bar(xs + (i - 1.5) * w, [r[k] for r in rows], w, label=lab)
+    ax.set_xticks(xs)
+    ax.set_xticklabels([r["defense"] for r in rows])
+    ax.set_ylabel("test error")
+    ax.set_title(f"{results['dataset']} {results['pair'][0]} vs {results['pair'][1]}, "
+                 f"eps={results['config']['epsilon']:g}")
+    ax.legend(fontsize=7)
+    _cli.save_figure(fig, out / "test_error.png")
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    return run(build_parser().parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,100 @@
+"""Muñoz-González et al. (2017) poisoning: hypergradients (implicit vs finite differences vs
+back-gradient), the sequential attack on small digits, and the experiment script."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bilevel.solvers import LBFGS
+from poisoning import data
+from poisoning.attack import attack_objective, run
+from poisoning.attacks import munoz2017 as M
+
+K = 3  # classes of the tiny synthetic problem
+TIGHT = LBFGS(tol=1e-12, maxiter=3000, on_failure="raise")  # (the bias shift makes the Hessian singular)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    rng = np.random.default_rng(0)
+    n, d = 24, 5
+    y = np.arange(n) % K
+    X = np.clip(0.5 + 0.15 * rng.normal(size=(n, d)) + 0.15 * np.eye(K, d)[y], 0, 1)
+    Xv = np.clip(0.5 + 0.15 * rng.normal(size=(12, d)) + 0.15 * np.eye(K, d)[np.arange(12) % K], 0, 1)
+    return X, y.astype(float), Xv, (np.arange(12) % K).astype(float), X[:1] * 0.9 + 0.05, np.array([1.0])
+
+
+def _fn(learner, mode, tiny):
+    X, y, Xv, yv, _, yp = tiny
+    attack = M.munoz_attack(learner, mode)
+    return jax.jit(lambda Xp: attack_objective(attack, Xp, X, y, yp, Xv, yv)[0])
+
+
+def test_implicit_hypergradient_matches_finite_differences(tiny, mode="generic"):
+    learner = M.softmax_learner(K, 0.05, solver=TIGHT)
+    f = _fn(learner, mode, tiny)
+    Xp = jnp.asarray(tiny[4])
+    g = jax.grad(f)(Xp)
+    u = np.random.default_rng(1).normal(size=Xp.shape)
+    eps = 1e-4
+    fd = (f(Xp + eps * u) - f(Xp - eps * u)) / (2 * eps)
+    assert np.isfinite(float(fd)) and abs(float(fd)) > 1e-6
+    np.testing.assert_allclose(float(jnp.vdot(g, u)), float(fd), rtol=1e-6, atol=1e-10)
+
+
+def test_back_gradient_agrees_with_implicit_when_converged(tiny):
+    X = np.concatenate([tiny[0], tiny[4]])
+    lr = M.gd_learning_rate(X, 0.05)
+    imp = M.softmax_learner(K, 0.05, solver=TIGHT)
+    # heavy-ball GD run to convergence, reversed exactly (fixed point) by BackGradient
+    bg = M.softmax_learner(K, 0.05, method="backgradient", steps=600, learning_rate=lr, momentum=0.9)
+    Xp = jnp.asarray(tiny[4])
+    g_imp = jax.grad(_fn(imp, "generic", tiny))(Xp)
+    g_bg = jax.grad(_fn(bg, "generic", tiny))(Xp)
+    np.testing.assert_allclose(np.asarray(g_bg), np.asarray(g_imp), rtol=1e-4, atol=1e-7)
+
+
+def test_attack_on_digits_raises_validation_loss_and_stays_in_box():
+    split = data.munoz_protocol(data.load_digits(), 60, 60, 10, seed=0)
+    X, y, Xv, yv = (np.asarray(a, np.float64) for a in (split.X_train, split.y_train, split.X_val, split.y_val))
+    attack = M.munoz_attack(M.softmax_learner(10, 1e-2), "generic", step_size=1.0)
+    X0, yp = M.init_generic(X, y, 2, seed=0)
+    assert np.all(yp != y[np.argmax((X[:, None, :] == X0[None]).all(-1), axis=0)])  # labels changed
+    res = run(attack, X, y, X0, yp, Xv, yv, steps=4, mode="sequential")
+    assert res.objective_poisoned > res.block_history[0][0] > res.objective_clean
+    assert np.all(res.X_poison >= 0.0) and np.all(res.X_poison <= 1.0)
+    assert int(np.sum(np.asarray(M.softmax_learner(10, 1e-2).predict(res.params_clean, Xv)) == yv)) > 40
+
+
+def test_error_specific_is_negated_target_cross_entropy(tiny):
+    params = {"w": jnp.ones((5, K)) * jnp.arange(K) / 10, "b": jnp.zeros(K)}
+    learner, Xv = M.softmax_learner(K), jnp.asarray(tiny[2])
+    target = jnp.full((Xv.shape[0],), 2.0)
+    ce = -jax.nn.log_softmax(Xv @ params["w"] + params["b"])[:, 2]
+    np.testing.assert_allclose(float(M.error_specific(params, Xv, target, learner)), -float(jnp.mean(ce)), rtol=1e-12)
+    assert M.munoz_attack(learner, "specific").objective is M.error_specific
+
+
+def test_init_specific_swaps_labels_and_random_flip():
+    y = np.array([8, 3, 1, 8, 3, 2])
+    X = np.arange(len(y))[:, None] * np.ones((1, 2))
+    X0, yp = M.init_specific(X, y, 4, 8, 3, seed=0)
+    src = X0[:, 0].astype(int)
+    assert set(y[src]) == {3, 8} and np.all(yp == np.where(y[src] == 8, 3, 8))
+    Xf, yf = M.random_flip_poison(X, y, 5, seed=0)
+    assert np.all(yf != y[Xf[:, 0].astype(int)]) and np.all((yf >= 0) & (yf < 10))
+
+
+def test_experiment_quick_writes_results(tmp_path):
+    from experiments import munoz2017
+
+    res = munoz2017.main(["--quick", "--no-plots", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert saved["rows"][0]["n_poison"] == 0 and saved["rows"][-1]["n_poison"] == 2
+    for r in saved["rows"]:
+        assert {"n_poison", "test_error", "test_error_random_flip", "seconds"} <= set(r)
+        assert 0.0 <= r["test_error"] <= 1.0
+    assert "test_error" in saved["clean"] and res["rows"][-1]["objective"] >= res["clean"]["objective"]
