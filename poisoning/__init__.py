@@ -5,7 +5,9 @@
   step rule) and :func:`~poisoning.attack.run` (sequential or joint projected hypergradient ascent);
 - :mod:`poisoning.objectives` — objectives to maximize (error-generic, error-specific);
 - :mod:`poisoning.feasible` — feasible sets with projections (box, balls, intersections);
-- :mod:`poisoning.attacks` — published attacks (Biggio, Nelson & Laskov 2012);
+- :mod:`poisoning.attacks` — published attacks (Biggio 2012, Muñoz-González 2017, Koh 2022,
+  Jagielski 2018 and 2021, label flipping);
+- :mod:`poisoning.defenses` — data sanitizers (sphere, slab, loss, k-NN) and their feasible regions;
 - :mod:`poisoning.data` — dataset loaders and paper protocols.
 """
 
