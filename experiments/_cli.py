@@ -79,9 +79,10 @@ def base_parser(description: str | None = None, *, default_out: str | None = Non
     return parser
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, try_shared: bool = True) -> Path | None:
-    """The data folder to use: ``data_dir``, else ``$BILEVEL_DATA_DIR``, else ``../shared/data`` next to
-    the repository when ``try_shared`` and it exists, else ``None`` (callers must cope with no data)."""
+def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, try_shared: bool = False) -> Path | None:
+    """The data folder to use: ``data_dir``, else ``$BILEVEL_DATA_DIR``, else ``None`` (callers must cope
+    with no data). Only benchmarks opt in to ``try_shared``: ``../shared/data`` next to the repository
+    when it exists (a convenience of this workplace; the product never relies on it)."""
     for candidate in (data_dir, os.environ.get(DATA_DIR_ENV)):
         if candidate:
             return Path(candidate).expanduser()
@@ -90,6 +91,18 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, try_shared: b
         if shared.is_dir():
             return shared
     return None
+
+
+def load_digits_or_mnist(dataset: str, data_dir=None, seed: int = 0):
+    """``poisoning.data`` loader for the image experiments: sklearn's digits (offline) or MNIST from
+    ``data_dir`` / ``$BILEVEL_DATA_DIR``."""
+    from poisoning import data
+
+    if dataset == "digits":
+        return data.load_digits(seed=seed)
+    if dataset == "mnist":
+        return data.load_mnist(resolve_data_dir(data_dir))
+    raise ValueError(f"dataset must be 'digits' or 'mnist', got {dataset!r}")
 
 
 def ensure_dir(path: str | os.PathLike) -> Path:

@@ -62,7 +62,7 @@ def build_parser():
 def _load(args):
     from poisoning import data
 
-    root = _cli.resolve_data_dir(args.data_dir, try_shared=False)
+    root = _cli.resolve_data_dir(args.data_dir)
     if root is not None and (root / "mnist").is_dir():
         try:
             return "mnist", data.load_mnist(root)

@@ -377,7 +377,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         s = load_digits_split(args.seed, args.digits_train, args.digits_val)
         problems.append(Problem("digits", s.X_train, s.y_train, s.X_val, s.y_val))
     if "mnist" in args.problems:
-        data_dir = _cli.resolve_data_dir(args.data_dir)
+        data_dir = _cli.resolve_data_dir(args.data_dir, try_shared=True)  # the issue allows it here
         if _mnist_files(data_dir) is None:
             print(f"\nmnist: skipped (no mnist/train-*-ubyte.gz under {data_dir or '--data-dir / $BILEVEL_DATA_DIR'})")
         else:

@@ -59,10 +59,7 @@ def build_parser():
 def _load(args):
     from poisoning import data
 
-    if args.dataset == "digits":
-        ds = data.load_digits(seed=args.seed)
-    else:
-        ds = data.load_mnist(_cli.resolve_data_dir(args.data_dir))
+    ds = _cli.load_digits_or_mnist(args.dataset, args.data_dir, args.seed)
     pos, neg = args.pair
     X, y = data.binary_pair(ds.X_train, ds.y_train, pos, neg)
     Xt, yt = data.binary_pair(ds.X_test, ds.y_test, pos, neg)

@@ -78,11 +78,7 @@ def _sizes(args):
 
 
 def _load(args):
-    from poisoning import data
-
-    if args.dataset == "digits":
-        return data.load_digits(seed=args.seed)
-    return data.load_mnist(_cli.resolve_data_dir(args.data_dir, try_shared=False))
+    return _cli.load_digits_or_mnist(args.dataset, args.data_dir, args.seed)
 
 
 def run(args) -> dict[str, Any]:

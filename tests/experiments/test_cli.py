@@ -107,6 +107,18 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
     assert _cli.resolve_data_dir(None) == tmp_path
     monkeypatch.delenv(_cli.DATA_DIR_ENV)
     assert _cli.resolve_data_dir(None, try_shared=False) is None
+    # The product never falls back to the workplace's ../shared/data on its own.
+    assert _cli.resolve_data_dir(None) is None
+
+
+def test_load_digits_or_mnist(monkeypatch):
+    monkeypatch.delenv(_cli.DATA_DIR_ENV, raising=False)
+    ds = _cli.load_digits_or_mnist("digits", None, 0)
+    assert ds.X_train.shape[1] == 64
+    with pytest.raises(ValueError, match="dataset"):
+        _cli.load_digits_or_mnist("cifar", None, 0)
+    with pytest.raises(FileNotFoundError, match="BILEVEL_DATA_DIR"):
+        _cli.load_digits_or_mnist("mnist", None, 0)
 
 
 def test_progress_disabled_under_ci(monkeypatch):
