@@ -105,6 +105,29 @@ def load_digits_or_mnist(dataset: str, data_dir=None, seed: int = 0):
     raise ValueError(f"dataset must be 'digits' or 'mnist', got {dataset!r}")
 
 
+def save_poison_grid(X_start, X_poison, path, max_points: int = 10):
+    """Save poison images (bottom row) under their starting points (top row); square images only.
+
+    Returns the path written, or ``None`` when the features are not a square image.
+    """
+    import numpy as np
+
+    X_start, X_poison = np.asarray(X_start), np.asarray(X_poison)
+    side = int(round(np.sqrt(X_start.shape[1])))
+    if side * side != X_start.shape[1]:
+        return None
+    plt = pyplot()
+    k = min(len(X_poison), max_points)
+    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 2.8), squeeze=False)
+    for j in range(k):
+        for r, (img, title) in enumerate(((X_start[j], "start"), (X_poison[j], "poison"))):
+            axes[r, j].imshow(img.reshape(side, side), cmap="gray", vmin=0, vmax=1)
+            axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
+            if j == 0:
+                axes[r, j].set_ylabel(title)
+    return save_figure(fig, path)
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """Create ``path`` (and parents) if missing; return it as a :class:`~pathlib.Path`."""
     p = Path(path)

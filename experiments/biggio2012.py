@@ -24,7 +24,6 @@ Usage::
 
 from __future__ import annotations
 
-import math
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -148,18 +147,7 @@ def _plots(out: Path, results, X0, Xp):
     ax.legend()
     _cli.save_figure(fig, out / "test_error.png")
 
-    side = int(round(math.sqrt(X0.shape[1])))
-    if side * side != X0.shape[1]:
-        return
-    k = min(len(Xp), 10)
-    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 2.8), squeeze=False)
-    for j in range(k):
-        for r, (img, title) in enumerate(((X0[j], "start"), (Xp[j], "poison"))):
-            axes[r, j].imshow(np.asarray(img).reshape(side, side), cmap="gray", vmin=0, vmax=1)
-            axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
-            if j == 0:
-                axes[r, j].set_ylabel(title)
-    _cli.save_figure(fig, out / "poison_points.png")
+    _cli.save_poison_grid(X0, Xp, out / "poison_points.png")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

@@ -205,18 +205,7 @@ def _plots(out: Path, results, X0, Xp):
     _cli.save_figure(fig, out / "test_error.png")
     if X0 is None:
         return
-    side = int(round(np.sqrt(X0.shape[1])))
-    if side * side != X0.shape[1]:
-        return
-    k = min(len(Xp), 10)
-    fig, axes = plt.subplots(2, k, figsize=(1.3 * k, 2.8), squeeze=False)
-    for j in range(k):
-        for r, (img, title) in enumerate(((X0[j], "start"), (Xp[j], "poison"))):
-            axes[r, j].imshow(np.asarray(img).reshape(side, side), cmap="gray", vmin=0, vmax=1)
-            axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
-            if j == 0:
-                axes[r, j].set_ylabel(title)
-    _cli.save_figure(fig, out / "poison_points.png")
+    _cli.save_poison_grid(X0, Xp, out / "poison_points.png")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
