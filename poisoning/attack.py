@@ -214,7 +214,9 @@ def _svm_split_fit(C, tol, on_failure, Q_tt, X_tr, y_tr, X_p, y_p, weights, warm
     y = jnp.concatenate([y_tr, y_p])
     n = X.shape[0]
     Ci = C * (jnp.ones((n,), X.dtype) if weights is None else jnp.asarray(weights, X.dtype))
-    return _svm_dual_from_gram(X, y, Ci, Q, tol=tol, warm_start=warm_start, on_failure=on_failure)
+    n_tr = X_tr.shape[0]
+    primal = lambda v: v[:n_tr] @ X_tr + v[n_tr:] @ X_p  # X' v without re-laying out the constant X_tr
+    return _svm_dual_from_gram(X, y, Ci, Q, tol=tol, warm_start=warm_start, on_failure=on_failure, primal=primal)
 
 
 def _normalized(weights, n, dtype):

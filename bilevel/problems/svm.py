@@ -145,10 +145,11 @@ def svm_dual_fit(
 
 
 def _svm_dual_from_gram(X, y, C, Q, *, tol=None, maxiter=100, active_set_maxiter=50, warm_start=None,
-                        on_failure="raise") -> SVMDualSolution:
+                        on_failure="raise", primal=None) -> SVMDualSolution:
     """:func:`svm_dual_fit` given its (validated, float) ``X, y, C`` and the matrix
     ``Q = diag(y) X X' diag(y)`` computed by the caller (e.g. blockwise, with the constant block of a
-    poisoning attack's training set computed once)."""
+    poisoning attack's training set computed once). ``primal(v)`` computes ``X' v`` (default
+    ``v @ X``; a caller with a constant block of ``X`` passes a blockwise product)."""
     n = X.shape[0]
     dtype = X.dtype
     if isinstance(warm_start, SVMDualSolution):
@@ -167,7 +168,7 @@ def _svm_dual_from_gram(X, y, C, Q, *, tol=None, maxiter=100, active_set_maxiter
         on_failure=on_failure,
     )
     alpha = sol.x
-    w = X.T @ (alpha * y)
+    w = (alpha * y) @ X if primal is None else primal(alpha * y)
     b = sol.eq_multipliers[0]
     margin = ~(sol.active_lower | sol.active_upper)
     return SVMDualSolution(
