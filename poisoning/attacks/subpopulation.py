@@ -17,6 +17,25 @@ retrained on the union and evaluated by :func:`evaluate_subpopulation`: *target 
 accuracy drop on the subpopulation's test points, *collateral* the accuracy drop on the rest of the
 test set. :func:`run_subpopulation_attack` chains the three steps.
 
+A stronger variant (:func:`subpopulation_influence_flip`) keeps the candidates — the subpopulation's
+training points with flipped labels — but chooses *how many copies of each* greedily by their
+influence on the attacker's objective, the victim's mean loss on the subpopulation's (true-labelled)
+training points :math:`J(\theta) = \sum_i t_i \ell(\theta; x_i, y_i) / \sum_i t_i`. With poison
+copies as example weights :math:`c_j` (copies = integer weights of a weighted ERM),
+:math:`\partial J(\theta^*(c)) / \partial c_j` is the influence of one more copy of candidate
+:math:`j` (Koh & Liang 2017; computed by implicit differentiation through the fit,
+:func:`poison_weight_hypergradient`); each of ``rounds`` rounds gives the next share of the budget to
+the candidates with the largest influence at the current poisoned model. This follows the paper's
+point that label flipping can be strengthened with influence functions (the paper optimizes
+the poison's continuous features with influence / gradients; here only the choice of which
+subpopulation points to flip, and how often, is optimized, so the poison stays copies of real
+points).
+
+Subpopulations are enumerated by :func:`enumerate_feature_matches` (every value, and every pair of
+values of two different attributes, with at least a minimum number of training and test points, as
+the paper's FeatureMatch over categorical attributes) and :func:`pca_projection` + :func:`kmeans`
+(ClusterMatch on PCA-reduced features, as the paper's ``--pca_dim`` / ``--n_clusters``).
+
 Labels are binary :math:`\pm 1`; the default victim is :func:`poisoning.attack.logistic_learner`
 (a weighted fit through :func:`bilevel.minimize`).
 
@@ -45,7 +64,15 @@ __all__ = [
     "subpopulation_label_flip",
     "SubpopulationReport",
     "evaluate_subpopulation",
+    "fit_with_poison",
     "run_subpopulation_attack",
+    "pca_projection",
+    "adult_attributes",
+    "quantile_attributes",
+    "enumerate_feature_matches",
+    "label_flip_counts",
+    "poison_weight_hypergradient",
+    "subpopulation_influence_flip",
 ]
 
 
@@ -223,13 +250,30 @@ def subpopulation_label_flip(X_train, y_train, train_mask, budget: int, seed: in
     budget = int(budget)
     if budget < 0:
         raise ValueError(f"budget must be >= 0, got {budget}")
+    order = _flip_order(train_mask, budget, seed)
+    return X_train[order].copy(), -y_train[order]
+
+
+def _flip_order(train_mask, budget, seed):
     idx = np.flatnonzero(np.asarray(train_mask, bool))
     if idx.size == 0:
-        raise ValueError("the subpopulation has no training points")
+        raise ValueError("train_mask: the subpopulation has no training points")
     rng = np.random.default_rng(seed)
     reps = -(-budget // idx.size)
-    order = np.concatenate([rng.permutation(idx) for _ in range(max(reps, 1))])[:budget]
-    return X_train[order].copy(), -y_train[order]
+    return np.concatenate([rng.permutation(idx) for _ in range(max(reps, 1))])[:budget]
+
+
+def label_flip_counts(train_mask, budget: int, seed: int = 0):
+    """The poison of :func:`subpopulation_label_flip` as copy counts: ``(idx, counts)`` with ``idx``
+    the subpopulation's training rows (sorted) and ``counts[j]`` the copies of row ``idx[j]`` (with
+    flipped label) in the poison; ``counts.sum() == budget``. Training with example weights
+    ``counts`` on the flipped rows is the same weighted ERM as training on the copies."""
+    budget = int(budget)
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    idx = np.flatnonzero(np.asarray(train_mask, bool))
+    order = _flip_order(train_mask, budget, seed)
+    return idx, np.bincount(np.searchsorted(idx, order), minlength=idx.size).astype(np.int64)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -262,26 +306,46 @@ def _weighted_fit(X, y, weights, learner):
     return learner.fit(X, y, weights)
 
 
-def evaluate_subpopulation(learner: Learner, X_train, y_train, X_poison, y_poison, X_test, y_test,
-                           test_mask) -> SubpopulationReport:
-    """Train ``learner`` on the clean set and on clean + poison; report target damage and collateral.
-
-    Both fits use the same arrays (the poison rows get weight 0 in the clean fit: absent), so one
-    compiled ``fit`` serves both."""
+def fit_with_poison(learner: Learner, X_train, y_train, X_poison, y_poison, poison_weights=None):
+    """``learner`` fitted on the training rows (weight 1) and the poison rows with example weights
+    ``poison_weights`` (copies; default 1, 0 = absent). One compiled fit per array shape."""
     dtype = jnp.result_type(float)
     Xtr, ytr = jnp.asarray(X_train, dtype), jnp.asarray(y_train, dtype)
     Xp = jnp.asarray(X_poison, dtype).reshape(-1, Xtr.shape[1])
     yp = jnp.asarray(y_poison, dtype).reshape(-1)
-    n, m = Xtr.shape[0], Xp.shape[0]
-    X_all, y_all = jnp.concatenate([Xtr, Xp]), jnp.concatenate([ytr, yp])
-    ones = jnp.ones((n + m,), dtype)
-    clean = _weighted_fit(X_all, y_all, ones.at[n:].set(0.0), learner)
-    poisoned = _weighted_fit(X_all, y_all, ones, learner)
+    pw = jnp.ones((Xp.shape[0],), dtype) if poison_weights is None else jnp.asarray(poison_weights, dtype).reshape(-1)
+    weights = jnp.concatenate([jnp.ones((Xtr.shape[0],), dtype), pw])
+    return _weighted_fit(jnp.concatenate([Xtr, Xp]), jnp.concatenate([ytr, yp]), weights, learner)
+
+
+def evaluate_subpopulation(learner: Learner, X_train, y_train, X_poison, y_poison, X_test, y_test,
+                           test_mask, *, poison_weights=None, clean_params=None) -> SubpopulationReport:
+    """Train ``learner`` on the clean set and on clean + poison; report target damage and collateral.
+
+    Both fits use the same arrays (the poison rows get weight 0 in the clean fit: absent), so one
+    compiled ``fit`` serves both. ``poison_weights`` (non-negative, one per poison row; default 1)
+    counts copies: a row of weight ``c`` is ``c`` identical poison points (so a fixed-size padded
+    poison array with zero-weight rows compiles once for many budgets); ``n_poison`` is their sum.
+    ``clean_params`` skips the clean fit (reuse it across subpopulations)."""
+    dtype = jnp.result_type(float)
+    Xtr, ytr = jnp.asarray(X_train, dtype), jnp.asarray(y_train, dtype)
+    Xp = jnp.asarray(X_poison, dtype).reshape(-1, Xtr.shape[1])
+    yp = jnp.asarray(y_poison, dtype).reshape(-1)
+    m = Xp.shape[0]
+    if poison_weights is None:
+        pw = np.ones(m)
+    else:
+        pw = np.asarray(poison_weights, np.float64).reshape(-1)
+        if pw.shape != (m,) or np.any(pw < 0) or not np.all(np.isfinite(pw)):
+            raise ValueError(f"poison_weights must be {m} finite non-negative numbers, got shape {pw.shape}")
+    clean = fit_with_poison(learner, Xtr, ytr, Xp, yp, np.zeros(m)) if clean_params is None else clean_params
+    poisoned = fit_with_poison(learner, Xtr, ytr, Xp, yp, pw)
+    m = float(pw.sum())
     X_test, y_test = np.asarray(X_test), np.asarray(y_test)
     tm = np.asarray(test_mask, bool)
     a = [_acc(learner, p, X_test[m_], y_test[m_]) for p in (clean, poisoned) for m_ in (tm, ~tm)]
     return SubpopulationReport(a[0], a[2], a[1], a[3], a[0] - a[2], a[1] - a[3], int(tm.sum()),
-                               int((~tm).sum()), int(m))
+                               int((~tm).sum()), int(round(m)))
 
 
 def run_subpopulation_attack(subpopulation, X_train, y_train, X_test, y_test, budget: int, *,
@@ -293,3 +357,194 @@ def run_subpopulation_attack(subpopulation, X_train, y_train, X_test, y_test, bu
     te = subpopulation.mask(X_test, y_test)
     Xp, yp = subpopulation_label_flip(X_train, y_train, tr, budget, seed)
     return evaluate_subpopulation(learner, X_train, y_train, Xp, yp, X_test, y_test, te), Xp, yp
+
+
+# ----------------------------------------------------------------------------------------------------
+# enumerating subpopulations
+# ----------------------------------------------------------------------------------------------------
+def pca_projection(X_train, dim: int):
+    """Principal components of ``X_train``: ``(mean, V)`` with ``V`` ``(d, dim)`` the top right singular
+    vectors of the centred data, so the reduced features are ``(X - mean) @ V`` (the paper clusters
+    PCA-reduced representations for ClusterMatch)."""
+    X = np.asarray(X_train, np.float64).reshape(len(X_train), -1)
+    if not 1 <= int(dim) <= min(X.shape):
+        raise ValueError(f"dim must be in [1, {min(X.shape)}], got {dim}")
+    mean = X.mean(0)
+    _, _, Vt = np.linalg.svd(X - mean, full_matrices=False)
+    return mean, Vt[: int(dim)].T.copy()
+
+
+def adult_attributes(dataset, exclude: Sequence[str] = ()) -> dict:
+    """The categorical attributes of :func:`poisoning.data.load_adult` as FeatureMatch atoms
+    ``{attribute: [(value, column, 1.0), ...]}`` (one-hot columns), for
+    :func:`enumerate_feature_matches`; numeric attributes (one column each) are skipped."""
+    names = list(dataset.meta["feature_names"])
+    out = {}
+    for attr, (lo, hi) in dataset.meta["attribute_columns"].items():
+        if attr in exclude or hi - lo == 1 and names[lo] == attr:
+            continue
+        out[attr] = [(names[c].split("=", 1)[1], c, 1.0) for c in range(lo, hi)]
+    return out
+
+
+def quantile_attributes(X_train, columns: Sequence[int], n_bins: int = 3, names: Sequence[str] | None = None) -> dict:
+    """Continuous columns as categorical attributes: ``n_bins`` training-quantile bins each
+    (``{name: [("q0", column, (lo, hi)), ...]}``, outer bins open to ``-inf`` / ``+inf``), for
+    :func:`enumerate_feature_matches` on data without categorical features."""
+    X = np.asarray(X_train, np.float64).reshape(len(X_train), -1)
+    if int(n_bins) < 2:
+        raise ValueError(f"n_bins must be >= 2, got {n_bins}")
+    out = {}
+    for k, c in enumerate(columns):
+        if not 0 <= int(c) < X.shape[1]:
+            raise ValueError(f"columns: {c} out of range for {X.shape[1]} features")
+        edges = np.quantile(X[:, c], np.linspace(0, 1, int(n_bins) + 1)[1:-1])
+        edges = np.concatenate([[-np.inf], np.unique(edges), [np.inf]])
+        name = str(names[k]) if names is not None else f"x{int(c)}"
+        out[name] = [(f"q{j}", int(c), (float(edges[j]), float(edges[j + 1]))) for j in range(len(edges) - 1)]
+    return out
+
+
+def _atom_mask(X, column, spec):
+    if isinstance(spec, tuple):
+        return (X[:, column] >= spec[0]) & (X[:, column] < spec[1])
+    return np.abs(X[:, column] - spec) <= 1e-8
+
+
+def enumerate_feature_matches(attributes: Mapping[str, Sequence[tuple]], X_train, X_test, *, max_order: int = 2,
+                              min_train: int = 1, min_test: int = 1, max_train: int | None = None) -> list:
+    """All FeatureMatch subpopulations defined by one value of an attribute, or (``max_order=2``) by
+    values of two different attributes, that have at least ``min_train`` training and ``min_test``
+    test points (and at most ``max_train`` training points when given).
+
+    ``attributes`` maps an attribute name to its atoms ``(value_name, column, spec)``: ``spec`` a
+    number (``X[:, column] == spec``, one-hot) or a ``(lo, hi)`` bin (see :func:`adult_attributes`,
+    :func:`quantile_attributes`). Returns a list of dicts ``{"name", "subpopulation", "n_train",
+    "n_test"}`` in enumeration order (single atoms first)."""
+    if max_order not in (1, 2):
+        raise ValueError(f"max_order must be 1 or 2, got {max_order}")
+    X_train = np.asarray(X_train).reshape(len(X_train), -1)
+    X_test = np.asarray(X_test).reshape(len(X_test), -1)
+    atoms = []
+    for attr, values in attributes.items():
+        for value, column, spec in values:
+            spec = tuple(float(v) for v in spec) if isinstance(spec, (tuple, list)) else float(spec)
+            atoms.append((attr, f"{attr}={value}", int(column), spec,
+                          _atom_mask(X_train, int(column), spec), _atom_mask(X_test, int(column), spec)))
+    kinds = {isinstance(a[3], tuple) for a in atoms}
+    if len(kinds) > 1:
+        raise ValueError("attributes: mix of values and bins; use one kind")
+
+    def make(parts):
+        cols = tuple(p[2] for p in parts)
+        specs = tuple(p[3] for p in parts)
+        return FeatureMatch(cols, bins=specs) if isinstance(specs[0], tuple) else FeatureMatch(cols, values=specs)
+
+    out = []
+
+    def consider(parts, mtr, mte):
+        ntr, nte = int(mtr.sum()), int(mte.sum())
+        if ntr >= min_train and nte >= min_test and (max_train is None or ntr <= max_train):
+            out.append({"name": " & ".join(p[1] for p in parts), "subpopulation": make(parts),
+                        "n_train": ntr, "n_test": nte})
+
+    for a in atoms:
+        consider((a,), a[4], a[5])
+    if max_order == 2:
+        for i, a in enumerate(atoms):
+            for b in atoms[i + 1:]:
+                if a[0] != b[0]:
+                    consider((a, b), a[4] & b[4], a[5] & b[5])
+    return out
+
+
+# ----------------------------------------------------------------------------------------------------
+# the influence-guided label flip
+# ----------------------------------------------------------------------------------------------------
+@functools.partial(jax.jit, static_argnums=0)
+def _weight_hypergrad(learner, X_all, y_all, w_train, c, t, X_tr, y_tr):
+    def objective(c):
+        params = learner.fit(X_all, y_all, jnp.concatenate([w_train, c]))
+        losses = learner.loss(params, X_tr, y_tr)
+        return jnp.sum(t * losses) / jnp.sum(t)
+
+    return jax.value_and_grad(objective)(c)
+
+
+def poison_weight_hypergradient(learner: Learner, X_train, y_train, X_cand, y_cand, cand_weights, target_weights):
+    r"""Value and gradient of the attacker's objective w.r.t. the candidates' example weights.
+
+    :math:`\theta^*(c) = \arg\min_\theta \frac{1}{n + \sum c}\big(\sum_{i\le n} \ell(\theta; x_i, y_i)
+    + \sum_j c_j \ell(\theta; \tilde x_j, \tilde y_j)\big) + \text{reg}` (``learner.fit`` with weights
+    ``[1, ..., 1, c]``) and :math:`J(c) = \sum_i t_i\, \ell(\theta^*(c); x_i, y_i) / \sum_i t_i` over
+    the training rows (``target_weights`` :math:`t`, e.g. the subpopulation's indicator).
+    :math:`\partial J / \partial c_j` at :math:`c_j = 0` is the influence of adding candidate
+    :math:`j` (Koh & Liang 2017); it is computed by implicit differentiation through the fit.
+    Returns ``(J, dJ/dc)``."""
+    dtype = jnp.result_type(float)
+    Xtr, ytr = jnp.asarray(X_train, dtype), jnp.asarray(y_train, dtype)
+    Xc = jnp.asarray(X_cand, dtype).reshape(-1, Xtr.shape[1])
+    yc = jnp.asarray(y_cand, dtype).reshape(-1)
+    c = jnp.asarray(cand_weights, dtype).reshape(-1)
+    t = jnp.asarray(target_weights, dtype).reshape(-1)
+    if c.shape[0] != Xc.shape[0]:
+        raise ValueError(f"cand_weights has {c.shape[0]} entries for {Xc.shape[0]} candidates")
+    if t.shape[0] != Xtr.shape[0] or not float(jnp.sum(t)) > 0:
+        raise ValueError(f"target_weights must be {Xtr.shape[0]} non-negative weights with a positive sum")
+    value, grad = _weight_hypergrad(learner, jnp.concatenate([Xtr, Xc]), jnp.concatenate([ytr, yc]),
+                                    jnp.ones((Xtr.shape[0],), dtype), c, t, Xtr, ytr)
+    return float(value), np.asarray(grad)
+
+
+def subpopulation_influence_flip(learner: Learner, X_train, y_train, train_mask, budget: int, *, rounds: int = 4,
+                                 pad_to: int | None = None, return_history: bool = False):
+    r"""Influence-guided subpopulation label flip: like :func:`subpopulation_label_flip` the poison is
+    copies of the subpopulation's training points with flipped labels, but the copies per point are
+    chosen greedily to maximize the victim's loss on the subpopulation.
+
+    The budget is split into ``rounds`` near-equal shares. In each round the victim is refit on
+    train + current poison (copies as example weights) and :func:`poison_weight_hypergradient` gives
+    :math:`\partial J/\partial c_j`, the influence of one more flipped copy of point :math:`j` on the
+    subpopulation's mean training loss :math:`J`; the share ``b`` goes to the ``b`` candidates of
+    largest influence (one copy each; ``b`` beyond the subpopulation size gives every point
+    ``b // size`` copies and the top ``b % size`` one more). ``rounds=1`` is the one-shot influence
+    ranking. ``pad_to`` (>= subpopulation size) pads the candidate array with zero-weight rows so
+    subpopulations of different sizes share one compiled fit.
+
+    Returns ``(idx, counts)`` as :func:`label_flip_counts` (``counts.sum() == budget``), plus the
+    objective before each round and after the last one (``return_history``)."""
+    X_train = np.asarray(X_train, np.float64).reshape(len(X_train), -1)
+    y_train = np.asarray(y_train, np.float64)
+    if not np.all(np.isin(y_train, (-1, 1))):
+        raise ValueError("y_train: subpopulation_influence_flip needs binary labels in {-1, +1}")
+    budget, rounds = int(budget), int(rounds)
+    if budget < 0:
+        raise ValueError(f"budget must be >= 0, got {budget}")
+    if rounds < 1:
+        raise ValueError(f"rounds must be >= 1, got {rounds}")
+    mask = np.asarray(train_mask, bool)
+    idx = np.flatnonzero(mask)
+    if idx.size == 0:
+        raise ValueError("train_mask: the subpopulation has no training points")
+    P = idx.size if pad_to is None else int(pad_to)
+    if P < idx.size:
+        raise ValueError(f"pad_to must be >= the subpopulation size {idx.size}, got {pad_to}")
+    Xc = np.zeros((P, X_train.shape[1]))
+    Xc[: idx.size] = X_train[idx]
+    yc = np.ones(P)
+    yc[: idx.size] = -y_train[idx]
+    counts = np.zeros(P)
+    t = mask.astype(np.float64)
+    shares = np.diff(np.round(np.linspace(0, budget, min(rounds, max(budget, 1)) + 1))).astype(int)
+    history = []
+    for b in shares:
+        value, grad = poison_weight_hypergradient(learner, X_train, y_train, Xc, yc, counts, t)
+        history.append(value)
+        q, rem = divmod(int(b), idx.size)
+        counts[: idx.size] += q
+        top = np.argsort(-grad[: idx.size], kind="stable")[:rem]
+        counts[top] += 1
+    if return_history:
+        history.append(poison_weight_hypergradient(learner, X_train, y_train, Xc, yc, counts, t)[0])
+        return idx, counts[: idx.size].astype(np.int64), history
+    return idx, counts[: idx.size].astype(np.int64)
