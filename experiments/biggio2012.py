@@ -131,6 +131,9 @@ def run(args) -> dict[str, Any]:
 
     if not args.no_plots:
         _plots(out, results, X0, res.X_poison)
+        results["plots"] = [str(out / "test_error.png"), str(out / "poison_points.png")]
+        print(f"plots: {out / 'test_error.png'} (error vs poison points), {out / 'poison_points.png'} "
+              "(poison images next to their starting clones)")
     print(f"wrote {out / 'results.json'}")
     return results
 
