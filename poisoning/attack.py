@@ -198,16 +198,19 @@ def linear_svm_learner(C: float = 1.0, *, tol: float | None = None, on_failure: 
 
 
 def _svm_gram_prepare(X_tr, y_tr):
+    """Loop-invariant pieces of the training block: ``(Q_tt, Z_t)`` with ``Z_t = diag(y_t) X_t``."""
     Z = y_tr[:, None] * X_tr
-    return Z @ Z.T
+    return Z @ Z.T, Z
 
 
-def _svm_split_fit(C, tol, on_failure, Q_tt, X_tr, y_tr, X_p, y_p, weights, warm_start):
-    """``fit(concat(X_tr, X_p), concat(y_tr, y_p), weights, warm_start)`` given ``Q_tt`` of the training block."""
+def _svm_split_fit(C, tol, on_failure, cache, X_tr, y_tr, X_p, y_p, weights, warm_start):
+    """``fit(concat(X_tr, X_p), concat(y_tr, y_p), weights, warm_start)`` given the training block's
+    ``cache = (Q_tt, Z_t)`` from :func:`_svm_gram_prepare`."""
     from bilevel.problems.svm import _svm_dual_from_gram
 
-    Z_t, Z_p = y_tr[:, None] * X_tr, y_p[:, None] * X_p
-    Q_pt = Z_p @ Z_t.T
+    Q_tt, Z_t = cache
+    Z_p = y_p[:, None] * X_p
+    Q_pt = (Z_t @ Z_p.T).T  # (m, n_tr); Z_t in its stored layout (no per-step transpose of the constant)
     Q = jnp.concatenate([jnp.concatenate([Q_tt, Q_pt.T], axis=1),
                          jnp.concatenate([Q_pt, Z_p @ Z_p.T], axis=1)], axis=0)
     X = jnp.concatenate([X_tr, X_p], axis=0)
