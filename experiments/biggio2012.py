@@ -49,6 +49,9 @@ def build_parser():
     p.add_argument("--tol", type=float, default=1e-6, help="stop a point when the gain is below this")
     p.add_argument("--patience", type=int, default=5, help="consecutive steps below tol before stopping")
     p.add_argument("--C", type=float, default=1.0)
+    p.add_argument("--splits", type=int, default=1,
+                   help="independent random TR/VAL draws (seeds --seed, --seed+1, ...); rows report the mean "
+                        "(and std) over them, as the paper's Fig. 3 averages over draws")
     p.add_argument("--no-plots", action="store_true")
     return p
 
@@ -78,59 +81,90 @@ def run(args) -> dict[str, Any]:
     if args.n_train + n_val > n_pair:  # digits has ~360 training images per pair
         n_val = n_pair - args.n_train
         print(f"note: only {n_pair} training images of {pos}/{neg}; using n_val={n_val}")
-    split = data.biggio_protocol(ds, pos, neg, n_train=args.n_train, n_val=n_val, seed=args.seed)
+    if args.splits < 1:
+        raise SystemExit("--splits must be >= 1")
     attack = biggio_attack(args.C, step_size=args.step_size, tol=args.tol, patience=args.patience)
     learner = attack.learner
-    bar = _cli.progress(total=budgets[-1], desc="poison points")
+    bar = _cli.progress(total=budgets[-1] * args.splits, desc="poison points")
     t0 = time.perf_counter()
-    res, X0 = poison_svm(split.X_train, split.y_train, split.X_val, split.y_val, budgets[-1],
-                         steps=args.steps, seed=args.seed, attack=attack, callback=lambda i, X: bar.update(1))
+    per_split = []
+    for k in range(args.splits):
+        seed = args.seed + k
+        split = data.biggio_protocol(ds, pos, neg, n_train=args.n_train, n_val=n_val, seed=seed)
+        res, X0 = poison_svm(split.X_train, split.y_train, split.X_val, split.y_val, budgets[-1],
+                             steps=args.steps, seed=seed, attack=attack, callback=lambda i, X: bar.update(1))
+
+        def errors(params):  # the victim after each budget comes out of the sequential run: no retraining
+            te = float(jnp.mean(learner.predict(params, split.X_test) != split.y_test))
+            ve = float(jnp.mean(learner.predict(params, split.X_val) != split.y_val))
+            vh = float(jnp.sum(learner.loss(params, split.X_val, split.y_val)))
+            return te, ve, vh
+
+        clean = errors(res.params_clean)
+        rows = []
+        for b in budgets:
+            te, ve, vh = errors(res.block_params[b - 1])
+            rows.append({"n_poison": b, "fraction": b / (args.n_train + b), "test_error": te, "val_error": ve,
+                         "val_hinge": vh, "seconds": float(res.seconds[b - 1]),
+                         "compile_seconds": float(res.compile_seconds), "steps": int(res.n_steps[:b].sum())})
+        per_split.append({"seed": seed, "clean_test_error": clean[0], "clean_val_error": clean[1],
+                          "clean_val_hinge": clean[2], "rows": rows, "n_test": int(len(split.y_test)),
+                          "compile_seconds": float(res.compile_seconds), "steps_per_point": res.n_steps.tolist()})
+        if k == 0:
+            X0_first, Xp_first = X0, res.X_poison
     total = time.perf_counter() - t0
     bar.close()
 
-    def errors(params):  # the victim after each budget comes out of the sequential run: no retraining
-        te = float(jnp.mean(learner.predict(params, split.X_test) != split.y_test))
-        ve = float(jnp.mean(learner.predict(params, split.X_val) != split.y_val))
-        vh = float(jnp.sum(learner.loss(params, split.X_val, split.y_val)))
-        return te, ve, vh
+    def mean(key, i=None):
+        vals = [ps[key] if i is None else ps["rows"][i][key] for ps in per_split]
+        return float(np.mean(vals)), float(np.std(vals))
 
-    clean_te, clean_ve, clean_vh = errors(res.params_clean)
     rows = []
-    for b in budgets:
-        te, ve, vh = errors(res.block_params[b - 1])
-        rows.append({"n_poison": b, "fraction": b / (args.n_train + b), "test_error": te, "val_error": ve,
-                     "val_hinge": vh, "seconds": float(res.seconds[b - 1]),
-                     "compile_seconds": float(res.compile_seconds), "steps": int(res.n_steps[:b].sum())})
+    for i, b in enumerate(budgets):
+        row = {"n_poison": b, "fraction": b / (args.n_train + b)}
+        for key in ("test_error", "val_error", "val_hinge", "seconds"):
+            row[key], row[key + "_std"] = mean(key, i)
+        row["compile_seconds"] = per_split[0]["compile_seconds"]
+        row["steps"] = int(np.mean([ps["rows"][i]["steps"] for ps in per_split]))
+        row["test_error_per_split"] = [ps["rows"][i]["test_error"] for ps in per_split]
+        rows.append(row)
+    clean_te, clean_te_std = mean("clean_test_error")
+    clean_ve, _ = mean("clean_val_error")
+    clean_vh, _ = mean("clean_val_hinge")
 
     results = {
         "experiment": "biggio2012",
         "dataset": args.dataset,
         "pair": [pos, neg],
-        "config": {"n_train": args.n_train, "n_val": n_val, "n_test": int(len(split.y_test)), "seed": args.seed,
-                   "budgets": budgets, "steps": args.steps, "step_size": args.step_size, "tol": args.tol,
-                   "patience": args.patience, "C": args.C},
+        "config": {"n_train": args.n_train, "n_val": n_val, "n_test": per_split[0]["n_test"], "seed": args.seed,
+                   "splits": args.splits, "budgets": budgets, "steps": args.steps, "step_size": args.step_size,
+                   "tol": args.tol, "patience": args.patience, "C": args.C},
         "clean_test_error": clean_te,
+        "clean_test_error_std": clean_te_std,
         "clean_val_error": clean_ve,
         "clean_val_hinge": clean_vh,
         "rows": rows,
-        "compile_seconds": float(res.compile_seconds),
+        "compile_seconds": per_split[0]["compile_seconds"],
         "total_seconds": total,
-        "steps_per_point": res.n_steps.tolist(),
+        "steps_per_point": per_split[0]["steps_per_point"],
+        "per_split": per_split,
         "paper": PAPER_NOTE,
     }
     out = _cli.ensure_dir(args.out)
     _cli.write_json_atomic(out / "results.json", results)
 
-    table = [["0 (clean)", clean_te, clean_ve, "-", "-", "2-5%"]]
+    pm = (lambda m, sd: f"{m:.4f} ± {sd:.4f}") if args.splits > 1 else (lambda m, sd: m)
+    table = [["0 (clean)", pm(clean_te, clean_te_std), clean_ve, "-", "-", "2-5%"]]
     for r in rows:
-        table.append([r["n_poison"], r["test_error"], r["val_error"], r["seconds"], r["compile_seconds"],
-                      "15-20%" if r["n_poison"] == 1 else "grows"])
-    print(f"Biggio et al. 2012, {args.dataset} {pos} vs {neg}: TR={args.n_train} VAL={n_val} TS={len(split.y_test)}")
+        table.append([r["n_poison"], pm(r["test_error"], r["test_error_std"]), r["val_error"], r["seconds"],
+                      r["compile_seconds"], "15-20%" if r["n_poison"] == 1 else "grows"])
+    print(f"Biggio et al. 2012, {args.dataset} {pos} vs {neg}: TR={args.n_train} VAL={n_val} "
+          f"TS={per_split[0]['n_test']}" + (f", mean ± std over {args.splits} random splits" if args.splits > 1 else ""))
     print(_cli.format_table(table, ["n_poison", "test_err", "val_err", "seconds", "compile_s", "paper (MNIST)"]))
     print(PAPER_NOTE)
 
     if not args.no_plots:
-        _plots(out, results, X0, res.X_poison)
+        _plots(out, results, X0_first, Xp_first)
         results["plots"] = [str(out / "test_error.png"), str(out / "poison_points.png")]
         print(f"plots: {out / 'test_error.png'} (error vs poison points), {out / 'poison_points.png'} "
               "(poison images next to their starting clones)")
@@ -142,7 +176,10 @@ def _plots(out: Path, results, X0, Xp):
     plt = _cli.pyplot()
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     ns = [0] + [r["n_poison"] for r in results["rows"]]
-    ax.plot(ns, [results["clean_test_error"]] + [r["test_error"] for r in results["rows"]], "o-", label="test")
+    ax.errorbar(ns, [results["clean_test_error"]] + [r["test_error"] for r in results["rows"]],
+                yerr=[results["clean_test_error_std"]] + [r["test_error_std"] for r in results["rows"]],
+                fmt="o-", capsize=3, label="test" + (f" (mean ± std, {results['config']['splits']} splits)"
+                                                      if results["config"]["splits"] > 1 else ""))
     ax.plot(ns, [results["clean_val_error"]] + [r["val_error"] for r in results["rows"]], "s--", label="validation")
     ax.set_xlabel("number of poison points")
     ax.set_ylabel("classification error")
