@@ -77,27 +77,6 @@ def _load(args):
     return "digits", data.load_digits(seed=args.seed)
 
 
-def _run_secml(python, split, X0, y0, budgets, steps, seed):
-    """secml's attack on the same split / start points, in a subprocess (its own interpreter)."""
-    import json
-    import subprocess
-    import sys
-    import tempfile
-    from pathlib import Path
-
-    script = Path(__file__).with_name("secml_baseline.py")
-    with tempfile.TemporaryDirectory() as tmp:
-        npz, out = Path(tmp) / "split.npz", Path(tmp) / "secml.json"
-        np.savez(npz, X_train=split.X_train, y_train=split.y_train, X_val=split.X_val, y_val=split.y_val,
-                 X_test=split.X_test, y_test=split.y_test, X_init=X0, y_init=y0)
-        cmd = [python, str(script), str(npz), str(out), "--budgets", *map(str, budgets), "--steps", str(steps),
-               "--seed", str(seed)]
-        proc = subprocess.run(cmd, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
-        if proc.returncode != 0:
-            raise SystemExit(f"secml baseline failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
-        return json.loads(out.read_text())
-
-
 def _timed_runs(fn, repeats):
     """Call ``fn()`` ``repeats`` times; return ``(results, wall seconds, cpu seconds)`` of each call."""
     out, wall, cpu = [], [], []
@@ -148,7 +127,9 @@ def run(args) -> dict[str, Any]:
     clean_te = test_error(res.params_clean)
     secml = None
     if args.secml_python:
-        secml = _run_secml(args.secml_python, split, np.asarray(X0), np.asarray(y0), budgets, args.steps, args.seed)
+        from experiments.secml_baseline import run_secml
+
+        secml = run_secml(args.secml_python, split, np.asarray(X0), np.asarray(y0), budgets, args.steps, args.seed)
         secml_rows = {r["n_poison"]: r for r in secml["rows"]}
     rows = []
     for b in budgets:

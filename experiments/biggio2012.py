@@ -24,6 +24,7 @@ Usage::
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -49,6 +50,10 @@ def build_parser():
     p.add_argument("--tol", type=float, default=1e-6, help="stop a point when the gain is below this")
     p.add_argument("--patience", type=int, default=5, help="consecutive steps below tol before stopping")
     p.add_argument("--C", type=float, default=1.0)
+    p.add_argument("--secml-python", default=os.environ.get("SECML_PYTHON"),
+                   help="an interpreter with secml 0.13 (experiments/secml_baseline.py): secml's "
+                        "CAttackPoisoningSVM then attacks the same splits from the same start points and its "
+                        "test error is reported beside ours (default $SECML_PYTHON)")
     p.add_argument("--splits", type=int, default=1,
                    help="independent random TR/VAL draws (seeds --seed, --seed+1, ...); rows report the mean "
                         "(and std) over them, as the paper's Fig. 3 averages over draws")
@@ -107,6 +112,13 @@ def run(args) -> dict[str, Any]:
             rows.append({"n_poison": b, "fraction": b / (args.n_train + b), "test_error": te, "val_error": ve,
                          "val_hinge": vh, "seconds": float(res.seconds[b - 1]),
                          "compile_seconds": float(res.compile_seconds), "steps": int(res.n_steps[:b].sum())})
+        if args.secml_python:
+            from experiments.secml_baseline import run_secml
+
+            secml = run_secml(args.secml_python, split, np.asarray(X0), np.asarray(res.y_poison), budgets,
+                              args.steps, seed)
+            for row, srow in zip(rows, secml["rows"]):
+                row["secml_test_error"], row["secml_seconds"] = srow["test_error"], srow["seconds"]
         per_split.append({"seed": seed, "clean_test_error": clean[0], "clean_val_error": clean[1],
                           "clean_val_hinge": clean[2], "rows": rows, "n_test": int(len(split.y_test)),
                           "compile_seconds": float(res.compile_seconds), "steps_per_point": res.n_steps.tolist()})
@@ -127,6 +139,9 @@ def run(args) -> dict[str, Any]:
         row["compile_seconds"] = per_split[0]["compile_seconds"]
         row["steps"] = int(np.mean([ps["rows"][i]["steps"] for ps in per_split]))
         row["test_error_per_split"] = [ps["rows"][i]["test_error"] for ps in per_split]
+        if args.secml_python:
+            row["secml_test_error"], row["secml_test_error_std"] = mean("secml_test_error", i)
+            row["secml_seconds"], _ = mean("secml_seconds", i)
         rows.append(row)
     clean_te, clean_te_std = mean("clean_test_error")
     clean_ve, _ = mean("clean_val_error")
@@ -154,13 +169,17 @@ def run(args) -> dict[str, Any]:
     _cli.write_json_atomic(out / "results.json", results)
 
     pm = (lambda m, sd: f"{m:.4f} ± {sd:.4f}") if args.splits > 1 else (lambda m, sd: m)
-    table = [["0 (clean)", pm(clean_te, clean_te_std), clean_ve, "-", "-", "2-5%"]]
+    sec = bool(args.secml_python)
+    table = [["0 (clean)", pm(clean_te, clean_te_std), clean_ve, "-", "-"] + (["-", "-"] if sec else []) + ["2-5%"]]
     for r in rows:
         table.append([r["n_poison"], pm(r["test_error"], r["test_error_std"]), r["val_error"], r["seconds"],
-                      r["compile_seconds"], "15-20%" if r["n_poison"] == 1 else "grows"])
+                      r["compile_seconds"]]
+                     + ([pm(r["secml_test_error"], r["secml_test_error_std"]), r["secml_seconds"]] if sec else [])
+                     + ["15-20%" if r["n_poison"] == 1 else "grows"])
     print(f"Biggio et al. 2012, {args.dataset} {pos} vs {neg}: TR={args.n_train} VAL={n_val} "
           f"TS={per_split[0]['n_test']}" + (f", mean ± std over {args.splits} random splits" if args.splits > 1 else ""))
-    print(_cli.format_table(table, ["n_poison", "test_err", "val_err", "seconds", "compile_s", "paper (MNIST)"]))
+    print(_cli.format_table(table, ["n_poison", "test_err", "val_err", "seconds", "compile_s"]
+                            + (["secml test_err", "secml s"] if sec else []) + ["paper (MNIST)"]))
     print(PAPER_NOTE)
 
     if not args.no_plots:

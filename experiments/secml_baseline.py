@@ -29,6 +29,30 @@ import os
 import time
 
 
+def run_secml(python, split, X0, y0, budgets, steps, seed=0) -> dict:
+    """Run this script under ``python`` (an interpreter with secml) on ``split`` (with ``X_train``,
+    ``y_train``, ``X_val``, ``y_val``, ``X_test``, ``y_test`` attributes, labels +/-1) from the start
+    points ``X0, y0``; returns the parsed JSON (``clean_test_error``, ``rows``). Called from this
+    project's environment (stdlib + numpy only)."""
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    import numpy as np
+
+    with tempfile.TemporaryDirectory() as tmp:
+        npz, out = Path(tmp) / "split.npz", Path(tmp) / "secml.json"
+        np.savez(npz, X_train=split.X_train, y_train=split.y_train, X_val=split.X_val, y_val=split.y_val,
+                 X_test=split.X_test, y_test=split.y_test, X_init=np.asarray(X0), y_init=np.asarray(y0))
+        cmd = [str(python), __file__, str(npz), str(out), "--budgets", *map(str, budgets), "--steps", str(steps),
+               "--seed", str(seed)]
+        proc = subprocess.run(cmd, stdout=sys.stdout, stderr=subprocess.PIPE, text=True)
+        if proc.returncode != 0:
+            raise RuntimeError(f"secml baseline failed ({' '.join(cmd)}):\n{proc.stderr[-2000:]}")
+        return json.loads(out.read_text())
+
+
 def main() -> None:
     import numpy as np
 
