@@ -6,7 +6,9 @@
 - :mod:`poisoning.objectives` — objectives to maximize (error-generic, error-specific);
 - :mod:`poisoning.feasible` — feasible sets with projections (box, balls, intersections);
 - :mod:`poisoning.attacks` — published attacks (Biggio 2012, Muñoz-González 2017, Koh 2022,
-  Jagielski 2018 and 2021, label flipping);
+  Jagielski 2018 and 2021, Solans 2020, label flipping);
+- :mod:`poisoning.fairness` — group-fairness metrics (demographic parity, disparate impact, average
+  odds, per-group rates);
 - :mod:`poisoning.defenses` — data sanitizers (sphere, slab, loss, k-NN) and their feasible regions;
 - :mod:`poisoning.data` — dataset loaders and paper protocols.
 """

@@ -5,7 +5,9 @@
 - :mod:`~poisoning.attacks.label_flip`: random, relaxed-bilevel optimized and greedy label flipping;
 - :mod:`~poisoning.attacks.koh2022`: influence attack projected onto the sanitizers' feasible region;
 - :mod:`~poisoning.attacks.jagielski2018`: regression poisoning (OptP, BGD, StatP) and the TRIM defense;
-- :mod:`~poisoning.attacks.subpopulation`: FeatureMatch / ClusterMatch subpopulation attacks (Jagielski 2021).
+- :mod:`~poisoning.attacks.subpopulation`: FeatureMatch / ClusterMatch subpopulation attacks (Jagielski 2021);
+- :mod:`~poisoning.attacks.solans2020`: fairness poisoning of logistic regression (disparate-impact surrogate),
+  Zafar-style synthetic data (Solans, Biggio & Castillo 2020).
 """
 
 from poisoning.attacks.biggio2012 import (
@@ -22,6 +24,7 @@ from poisoning.attacks import (  # noqa: E402  (submodules, one per paper)
     koh2022,
     label_flip,
     munoz2017,
+    solans2020,
     subpopulation,
 )
 
