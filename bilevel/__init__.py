@@ -11,7 +11,11 @@ Public API:
 - influence functions :mod:`bilevel.influence`; inner problems :mod:`bilevel.problems`.
 """
 
-from bilevel._checks import BilevelError, ConvergenceError, NonFiniteError
+from bilevel import _xla_workarounds
+
+_xla_workarounds.apply()  # before any computation: see bilevel/_xla_workarounds.py
+
+from bilevel._checks import BilevelError, ConvergenceError, NonFiniteError  # noqa: E402
 from bilevel.hvp import gauss_newton_vp, hessian_matvec, hvp, mixed_jvp, mixed_vjp
 from bilevel.implicit import (
     ImplicitConfig,

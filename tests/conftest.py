@@ -1,5 +1,6 @@
 import os
 
+import bilevel  # noqa: F401  (first: its XLA work-around must precede the first computation)
 import jax
 import pytest
 
