@@ -3,14 +3,19 @@ r"""Koh, Steinhardt & Liang (2022), "Stronger data poisoning attacks break data 
 Protocol (``/work/shared/reference/paper-protocols.md`` §3a, §3b, §4; :mod:`poisoning.attacks.koh2022`):
 a smoothed-hinge linear SVM (``wd`` = 0.01 as for MNIST-1-7, C = 1/(n wd)) on two digit classes
 (``--pair POS NEG`` -> +1 / -1, pixels in [0, 1]); ``eps n`` poison points (``--epsilon``, 3 %) at
-``--locations`` distinct locations (copies), half per class, started at label-flipped clean points.
-The attacker ascends the mean smoothed hinge on the test set (as in the paper's release;
-``--target val`` uses a held-out validation split of the training images instead) with the influence
-gradient (I_pert), and
+``--locations`` distinct locations (copies), half per class. The attacker ascends the mean smoothed hinge
+on the test set (as in the paper's release; ``--target val`` uses a held-out validation split of the
+training images instead) with the influence gradient (I_pert), and
 
-- the *naive* attack projects onto the box [0, 1] only;
-- the *sanitizer-aware* attack projects onto sphere ∩ slab (per-class thresholds at the
-  ``--percentile`` of clean scores around the poisoned centroids) ∩ [0, 1].
+- the *naive* attack starts at label-flipped clean points and projects onto the box [0, 1] only;
+- the *sanitizer-aware* attack (``--init kkt``, default) first runs the KKT attack: decoy parameters
+  (SVMs trained with label-flipped target points, plus the naive attack's retrained model) and for each
+  the poison in the feasible set closest to making the decoy optimal; the best candidate warm-starts the
+  influence attack, which projects onto sphere ∩ slab (per-class thresholds at the ``--percentile`` of
+  clean scores around the poisoned centroids) ∩ [0, 1] ∩ {hinge loss under the current model below the
+  ``--loss-percentile`` of the clean losses} with a ``--schedule`` step size. Copies at one location
+  have k-NN score 0 (when ``counts >= k + 1``), so the k-NN defense needs no further constraint.
+  ``--init flip`` gives the previous aware attack (label-flip start).
 
 Each defense (sphere, slab, loss, k-NN) is fit on the poisoned data, removes the top ``--fraction``
 of each class and the SVM is retrained. Table: clean error, naive attack without / with defense,
@@ -52,6 +57,15 @@ def build_parser():
     p.add_argument("--percentile", type=float, default=90.0, help="attacker's threshold percentile of clean scores")
     p.add_argument("--n-train", type=int, default=0, help="subsample the training pair (0 = all)")
     p.add_argument("--target", choices=("test", "val"), default="test")
+    p.add_argument("--init", choices=("kkt", "flip"), default="kkt",
+                   help="aware attack start: KKT attack or label flips")
+    p.add_argument("--loss-percentile", type=float, default=90.0,
+                   help="aware attack: keep poison hinge below this percentile of clean losses (<0: off)")
+    p.add_argument("--schedule", choices=("constant", "cosine"), default="cosine", help="aware step-size schedule")
+    p.add_argument("--kkt-splits", type=int, default=0,
+                   help="extra evenly spaced positive/negative splits tried per decoy (besides the KKT one)")
+    p.add_argument("--decoy-weights", type=float, nargs="+", default=[0.05, 0.2],
+                   help="weights (x n) of the label-flipped target points that make the decoys")
     p.add_argument("--no-plots", action="store_true")
     return p
 
@@ -76,6 +90,25 @@ def _load(args):
     return X.astype(np.float64), y, Xt.astype(np.float64), yt, Xv, yv
 
 
+_RESULT_KEYS = ("X_loc", "y_loc", "counts", "history", "best_value", "seconds")
+
+
+def _cached(ckpt, name, fn, X, y, cfg):
+    """Run attack ``fn`` unless the checkpoint holds its result (then retrain the victim on it)."""
+    from poisoning.attacks import koh2022 as K
+
+    state = ckpt.load() or {}
+    if f"{name}/X_loc" in state:
+        r = {k: state[f"{name}/{k}"] for k in _RESULT_KEYS}
+        Xs, ys, c = K._stack(X, y, r["X_loc"], r["y_loc"], r["counts"])
+        return K.KohAttackResult(r["X_loc"], r["y_loc"].astype(int), r["counts"].astype(int), r["history"],
+                                 float(r["best_value"]), K.train_svm(Xs, ys, c, cfg), float(r["seconds"]))
+    res = fn()
+    state.update({f"{name}/{k}": np.asarray(getattr(res, k)) for k in _RESULT_KEYS})
+    ckpt.save(state)
+    return res
+
+
 def run(args) -> dict[str, Any]:
     import jax
 
@@ -84,18 +117,42 @@ def run(args) -> dict[str, Any]:
 
     if args.quick:
         args.steps = min(args.steps, 10)
+        args.kkt_splits = min(args.kkt_splits, 2)
+        args.decoy_weights = args.decoy_weights[:1]
         if args.dataset == "mnist" and not args.n_train:
             args.n_train = 500
     X, y, Xt, yt, Xv, yv = _load(args)
     X_tgt, y_tgt = (Xt, yt) if args.target == "test" else (Xv, yv)
     n_poison = max(1, int(round(args.epsilon * len(y))))
     cfg = K.SVMConfig(wd=args.wd, t=args.t)
+    loss_pct = None if args.loss_percentile < 0 else args.loss_percentile
     common = dict(cfg=cfg, steps=args.steps, step_size=args.step_size, n_locations=args.locations,
                   percentile=args.percentile, seed=args.seed)
+    out = _cli.ensure_dir(args.out)
+    ckpt = _cli.Checkpoint(out / "checkpoint.npz")
     t0 = time.perf_counter()
-    naive = K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=False, **common)
-    aware = K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=True, **common)
-    rows = K.evaluate_defenses(X, y, Xt, yt, naive, aware, fraction=args.fraction, cfg=cfg)
+    bar = _cli.progress(total=3, desc="koh2022 attacks")
+    naive = _cached(ckpt, "naive", lambda: K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=False, **common),
+                    X, y, cfg)
+    bar.update()
+    extra, kkt = {}, None
+    if args.init == "kkt":
+        def _kkt():
+            decoys = K.decoy_parameters(X, y, X_tgt, y_tgt, cfg, weights=tuple(args.decoy_weights)) + [naive.params]
+            return K.kkt_attack(X, y, X_tgt, y_tgt, n_poison, decoys, cfg=cfg, n_locations=args.locations,
+                                splits=args.kkt_splits, percentile=args.percentile, loss_percentile=loss_pct,
+                                seed=args.seed)
+
+        kkt = _cached(ckpt, "kkt", _kkt, X, y, cfg)
+        extra["kkt"] = kkt
+    bar.update()
+    init = None if kkt is None else (kkt.X_loc, kkt.y_loc, kkt.counts)
+    aware = _cached(ckpt, "aware", lambda: K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=True, init=init,
+                                                        loss_percentile=loss_pct, schedule=args.schedule, **common),
+                    X, y, cfg)
+    bar.update()
+    bar.close()
+    rows = K.evaluate_defenses(X, y, Xt, yt, naive, aware, fraction=args.fraction, cfg=cfg, extra=extra)
     total = time.perf_counter() - t0
     pos, neg = args.pair
     results = {
@@ -106,21 +163,27 @@ def run(args) -> dict[str, Any]:
                    "locations": args.locations, "counts": aware.counts.tolist(), "steps": args.steps,
                    "step_size": args.step_size, "wd": args.wd, "C": 1.0 / ((len(y) + n_poison) * args.wd),
                    "t": args.t, "fraction": args.fraction, "percentile": args.percentile, "target": args.target,
+                   "init": args.init, "loss_percentile": loss_pct, "schedule": args.schedule,
+                   "kkt_splits": args.kkt_splits, "decoy_weights": list(args.decoy_weights),
                    "seed": args.seed, "gradient": "influence (I_pert)"},
         "rows": rows,
         "target_loss": {"naive_start": float(naive.history[0]), "naive_best": naive.best_value,
-                        "aware_start": float(aware.history[0]), "aware_best": aware.best_value},
-        "attack_seconds": {"naive": naive.seconds, "aware": aware.seconds},
+                        "aware_start": float(aware.history[0]), "aware_best": aware.best_value,
+                        **({"kkt_best": kkt.best_value} if kkt is not None else {})},
+        "attack_seconds": {"naive": naive.seconds, "aware": aware.seconds,
+                           **({"kkt": kkt.seconds} if kkt is not None else {})},
         "total_seconds": total,
         "paper": PAPER_NOTE,
     }
-    out = _cli.ensure_dir(args.out)
     _cli.write_json_atomic(out / "results.json", results)
-    table = [[r["defense"], r["clean_error"], r["naive_no_defense"], r["naive_with_defense"],
-              r["aware_with_defense"], r["aware_poison_kept"]] for r in rows]
+    ckpt.clear()
+    table = [[r["defense"], r["clean_error"], r["naive_no_defense"], r["naive_with_defense"]]
+             + ([r["kkt_with_defense"]] if kkt is not None else [])
+             + [r["aware_no_defense"], r["aware_with_defense"], r["aware_poison_kept"]] for r in rows]
     print(f"Koh et al. 2022, {args.dataset} {pos} vs {neg}: n={len(y)} test={len(yt)} poison={n_poison} "
           f"({args.epsilon:g}) in {args.locations} locations, remove {args.fraction:g}/class")
-    print(_cli.format_table(table, ["defense", "clean", "naive", "naive+def", "aware+def", "aware kept"]))
+    print(_cli.format_table(table, ["defense", "clean", "naive", "naive+def"] + (["kkt+def"] if kkt is not None else [])
+                            + ["aware", "aware+def", "aware kept"]))
     print(PAPER_NOTE)
     print(f"total {total:.1f} s")
     if not args.no_plots:
