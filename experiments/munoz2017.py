@@ -1,35 +1,54 @@
-r"""Reproduce Muñoz-González et al. (2017), generic gradient poisoning of multiclass learners (MNIST setting).
+r"""Reproduce Muñoz-González et al. (2017), gradient poisoning of multiclass and binary learners.
 
 Protocol (``/work/shared/reference/paper-protocols.md`` §2; :func:`poisoning.data.munoz_protocol`):
-disjoint random TR / VAL / TS draws (paper MNIST: 1000 / 1000 / 8000 error-generic, 1000 / 4000 / 5000
-error-specific), pixels in [0, 1], a 10-class softmax logistic regression (``--learner lr``; or the
-10-tanh-unit MLP, ``--learner mlp``). Attack (:mod:`poisoning.attacks.munoz2017`): poison points added
-one at a time, each optimized by projected ascent on the unit hypergradient (backtracking line
-search) inside the box [0, 1], the hypergradient by implicit differentiation (``--method implicit``,
-victim trained to convergence) or by back-gradient through ``--T`` steps of gradient descent
-(``--method backgradient``, T = 60 in the paper; the victim is then those T steps).
+disjoint random TR / VAL / TS draws, features in [0, 1]. Attack (:mod:`poisoning.attacks.munoz2017`):
+poison points added one at a time, each optimized by projected ascent on the unit hypergradient
+(backtracking line search) inside the box [0, 1], the hypergradient by implicit differentiation
+(``--method implicit``, victim trained to convergence; softmax regression preconditioned by a low-rank
+K-FAC change of variables, :func:`poisoning.attacks.munoz2017.kfac_basis`) or by back-gradient through
+``--T`` steps of gradient descent (``--method backgradient``, the paper's method; the victim is then
+those T steps).
 
-- ``--mode generic``: maximize the mean validation cross-entropy; points start as clones of training
-  points with random labels. ``test_error`` = test error over all classes.
-- ``--mode specific`` (8 -> 3, ``--pair 8 3``): the validation set holds the validation 8s relabelled 3
-  and the attacker minimizes their cross-entropy; points start as training 3s and 8s with labels
-  swapped. ``test_error`` = error on the test 8s (also ``test_error_all``, ``test_8_as_3``).
+Settings (``--setting``; explicit flags override its defaults):
+
+- ``mnist-generic``: MNIST, 10-class softmax LR, 1000 / 1000 / 8000, up to 60 points, maximize the
+  validation cross-entropy; points start as clones of training points with random other labels.
+  ``test_error`` = test error over all classes. Paper: error "almost doubles" at < 6 %.
+- ``mnist-specific`` (8 -> 3, ``--pair 8 3``): 1000 / 4000 / 5000, up to 40 points; the attacker's
+  validation set is the validation 8s relabelled 3 (minimize their cross-entropy); points start as
+  training 3s and 8s with labels swapped. ``test_error`` = error on the test 8s (also
+  ``test_error_all``, ``test_8_as_3``). Paper: ~20 % -> ~50 % at < 4 %.
+- ``spambase-lr`` / ``spambase-adaline`` / ``spambase-mlp``: Spambase (binary), 100 / 400 / rest, up to
+  20 points, perfect knowledge, error-generic, points start as clones of training points with
+  flipped labels (paper's T = 100 / 80 / 200 for back-gradient). Paper: LR and Adaline up to ~30 %
+  test error at 15 % poisoning, MLP up to ~25 %.
+- ``digits`` (default; offline sklearn digits, 300 / 300 / 1000, generic).
 
 Baseline: the same budget of validation points with random wrong labels added to TR
-(``test_error_random_flip``). ``results.json`` holds ``clean`` and one row per budget
-(``n_poison``, ``fraction`` = n_poison / (n_train + n_poison), ``test_error``, ``test_error_random_flip``,
-``seconds`` = attack wall time up to that budget, compiled code only); ``test_error.png`` plots test
-error vs poison fraction for the attack and random flips.
+(``test_error_random_flip``). ``--splits N`` repeats on N data splits (seeds ``seed .. seed+N-1``) and
+averages. ``results.json`` holds ``clean`` and one row per budget (``n_poison``, ``fraction`` =
+n_poison / (n_train + n_poison), mean ``test_error``, ``test_error_random_flip``, their per-split
+values, ``seconds`` = attack wall time up to that budget, compiled code only); ``test_error.png`` plots
+test error vs poison fraction, ``poison_points.png`` the first poison images (MNIST / digits).
+With ``--method backgradient`` on softmax LR it also reports ``hypergradient_check``: the cosine
+between the back-gradient and the implicit hypergradient at the first poison point's start.
+
+Long runs checkpoint after every ``--chunk`` points (``<out>/checkpoint.npz``) and resume from it
+(``--fresh`` ignores it): a chunk is a :func:`poisoning.attack.run` with the points already optimized
+added to the training set, which is exactly the sequential attack.
 
 Usage::
 
-    python -m experiments.munoz2017                                     # digits (offline)
-    python -m experiments.munoz2017 --dataset mnist --data-dir /work/shared/data \
-        --n-train 1000 --n-val 1000 --n-test 8000 --budgets 0 10 20 40 60
+    python -m experiments.munoz2017                                   # digits (offline)
+    python -m experiments.munoz2017 --setting mnist-generic --data-dir /work/shared/data
+    python -m experiments.munoz2017 --setting mnist-specific --data-dir /work/shared/data
+    python -m experiments.munoz2017 --setting mnist-specific --method backgradient --data-dir ...
+    python -m experiments.munoz2017 --setting spambase-adaline --splits 5 --data-dir ...
 """
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,155 +57,293 @@ import numpy as np
 
 from experiments import _cli
 
-__all__ = ["build_parser", "run", "main", "PAPER"]
+__all__ = ["build_parser", "run", "main", "PAPER", "SETTINGS"]
+
+# defaults per setting: dataset, mode, learner, sizes (n_test None = the rest), budgets, back-gradient T
+SETTINGS = {
+    "digits": dict(dataset="digits", mode="generic", learner="lr", sizes=(300, 300, 1000),
+                   budgets=(0, 5, 10, 20), T=60),
+    "mnist-generic": dict(dataset="mnist", mode="generic", learner="lr", sizes=(1000, 1000, 8000),
+                          budgets=(0, 5, 10, 20, 30, 40, 50, 60), T=60),
+    "mnist-specific": dict(dataset="mnist", mode="specific", learner="lr", sizes=(1000, 4000, 5000),
+                           budgets=(0, 5, 10, 15, 20, 25, 30, 35, 40), T=60),
+    "spambase-lr": dict(dataset="spambase", mode="generic", learner="lr", sizes=(100, 400, None),
+                        budgets=(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20), T=100),
+    "spambase-adaline": dict(dataset="spambase", mode="generic", learner="adaline", sizes=(100, 400, None),
+                             budgets=(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20), T=80),
+    "spambase-mlp": dict(dataset="spambase", mode="generic", learner="mlp", sizes=(100, 400, None),
+                         budgets=(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20), T=200),
+}
 
 PAPER = {
-    "generic": "paper (MNIST, LR, T=60): test error 'almost doubles' with < 6% poisoning (60 pts / 1000); "
-               "random flips much weaker (Fig. 4)",
-    "specific": "paper (MNIST, LR, 8->3): error on 8s ~20% -> ~50% with < 4% poisoning (40 pts / 1000)",
+    "mnist-generic": "paper (MNIST, LR, T=60): test error 'almost doubles' with < 6% poisoning (60 pts / 1000); "
+                     "random flips much weaker (Fig. 4)",
+    "mnist-specific": "paper (MNIST, LR, 8->3): error on 8s ~20% -> ~50% with < 4% poisoning (40 pts / 1000)",
+    "spambase-lr": "paper (Spambase, PK, LR): test error up to ~30% at 15% poisoning (clean ~10%)",
+    "spambase-adaline": "paper (Spambase, PK, Adaline): test error up to ~30% at 15% poisoning (clean ~10%)",
+    "spambase-mlp": "paper (Spambase, PK, MLP): test error up to ~25% at 15% poisoning",
+    "digits": "no paper number (offline stand-in for MNIST error-generic)",
 }
 
 
 def build_parser():
     p = _cli.base_parser(__doc__.splitlines()[0], default_out="runs/munoz2017")
-    p.add_argument("--dataset", choices=("digits", "mnist"), default="digits")
-    p.add_argument("--n-train", type=int, default=None, help="default 1000 (mnist) / 300 (digits)")
-    p.add_argument("--n-val", type=int, default=None, help="default 1000 (4000 specific) mnist / 300 digits")
-    p.add_argument("--n-test", type=int, default=None, help="default 8000 (5000 specific) mnist / 1000 digits")
-    p.add_argument("--budgets", nargs="+", type=int, default=(0, 5, 10, 20))
-    p.add_argument("--mode", choices=("generic", "specific"), default="generic")
+    p.add_argument("--setting", choices=tuple(SETTINGS), default="digits",
+                   help="preset of dataset / mode / learner / sizes / budgets / T (flags below override)")
+    p.add_argument("--dataset", choices=("digits", "mnist", "spambase"), default=None)
+    p.add_argument("--mode", choices=("generic", "specific"), default=None)
+    p.add_argument("--learner", choices=("lr", "adaline", "mlp"), default=None)
+    p.add_argument("--n-train", type=int, default=None)
+    p.add_argument("--n-val", type=int, default=None)
+    p.add_argument("--n-test", type=int, default=None, help="default: the setting's (spambase: the rest)")
+    p.add_argument("--budgets", nargs="+", type=int, default=None)
     p.add_argument("--method", choices=("implicit", "backgradient"), default="implicit")
-    p.add_argument("--learner", choices=("lr", "mlp"), default="lr")
     p.add_argument("--pair", nargs=2, type=int, default=(8, 3), metavar=("SOURCE", "TARGET"))
     p.add_argument("--reg", type=float, default=1e-3, help="L2 weight of the victim")
-    p.add_argument("--T", type=int, default=60, help="gradient-descent steps of the back-gradient victim")
+    p.add_argument("--T", type=int, default=None, help="gradient-descent steps of the back-gradient victim")
+    p.add_argument("--gd-lr", type=float, default=None,
+                   help="step of the back-gradient victim's gradient descent (default: the safe 1/L)")
     p.add_argument("--steps", type=int, default=20, help="max ascent steps per poison point")
     p.add_argument("--step-size", type=float, default=1.0, help="initial step (L2 length) of the line search")
+    p.add_argument("--splits", type=int, default=1, help="data splits (seeds seed, seed+1, ...), averaged")
+    p.add_argument("--chunk", type=int, default=10, help="poison points per checkpoint")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing checkpoint")
     p.add_argument("--no-plots", action="store_true")
     return p
 
 
-def _sizes(args):
-    mnist = args.dataset == "mnist"
-    spec = args.mode == "specific"
-    n_tr = args.n_train or (1000 if mnist else 300)
-    n_va = args.n_val or ((4000 if spec else 1000) if mnist else 300)
-    n_te = args.n_test or ((5000 if spec else 8000) if mnist else 1000)
+def _config(args) -> dict[str, Any]:
+    s = SETTINGS[args.setting]
+    cfg = {k: getattr(args, k) if getattr(args, k) is not None else s[k] for k in ("dataset", "mode", "learner")}
+    n_tr, n_va, n_te = s["sizes"]
+    if cfg["dataset"] != s["dataset"]:  # flags changed the data set: its usual sizes
+        n_tr, n_va, n_te = {"digits": (300, 300, 1000), "mnist": (1000, 1000, 8000),
+                            "spambase": (100, 400, None)}[cfg["dataset"]]
+        if cfg["dataset"] == "mnist" and cfg["mode"] == "specific":
+            n_va, n_te = 4000, 5000
+    cfg["n_train"] = args.n_train or n_tr
+    cfg["n_val"] = args.n_val or n_va
+    cfg["n_test"] = args.n_test or n_te
+    cfg["budgets"] = sorted(set(int(b) for b in (args.budgets if args.budgets is not None else s["budgets"])))
+    cfg["T"] = int(args.T if args.T is not None else s["T"])
+    cfg["steps"] = int(args.steps)
     if args.quick:
-        n_tr, n_va, n_te = min(n_tr, 100), min(n_va, 100), min(n_te, 200)
-    return n_tr, n_va, n_te
+        cfg["n_train"], cfg["n_val"] = min(cfg["n_train"], 100), min(cfg["n_val"], 100)
+        cfg["n_test"] = min(cfg["n_test"] or 200, 200)
+        cfg["steps"] = min(cfg["steps"], 3)
+        cfg["budgets"] = sorted({b for b in cfg["budgets"] if b <= 2} | {0, 2})
+        cfg["T"] = min(cfg["T"], 20)
+    if cfg["budgets"][0] < 0:
+        raise SystemExit("--budgets must be >= 0")
+    if cfg["mode"] == "specific" and cfg["dataset"] == "spambase":
+        raise SystemExit("--mode specific needs a multiclass data set (digits or mnist)")
+    if cfg["learner"] == "adaline" and cfg["dataset"] != "spambase":
+        raise SystemExit("--learner adaline is binary: use it with --dataset spambase")
+    if args.splits < 1 or args.chunk < 1:
+        raise SystemExit("--splits and --chunk must be >= 1")
+    return cfg
 
 
-def _load(args):
-    return _cli.load_digits_or_mnist(args.dataset, args.data_dir, args.seed)
+def _load(cfg, args):
+    from poisoning import data
+
+    if cfg["dataset"] == "spambase":
+        return data.load_spambase(_cli.resolve_data_dir(args.data_dir))
+    return _cli.load_digits_or_mnist(cfg["dataset"], args.data_dir, args.seed)
+
+
+def _learner(cfg, args, X_tr, n_classes, method=None):
+    """The victim for ``cfg`` (``method`` overrides ``--method``)."""
+    from bilevel import Implicit
+    from poisoning.attacks import munoz2017 as M
+
+    method = method or args.method
+    name, reg, T = cfg["learner"], args.reg, cfg["T"]
+    lr = M.gd_learning_rate(X_tr, reg, curvature=1.0 if name == "adaline" else 0.5)
+    if args.gd_lr is not None:
+        if not args.gd_lr > 0:
+            raise SystemExit("--gd-lr must be > 0")
+        lr = float(args.gd_lr)
+    if name == "lr":
+        basis = M.GramBasis.from_data(X_tr, rank=min(20, X_tr.shape[1]))
+        return M.softmax_learner(n_classes, reg, method=method, steps=T, learning_rate=lr, precondition=basis,
+                                 implicit=Implicit(linear_solver="cg", tol=1e-8, on_failure="ignore")), lr
+    if name == "adaline":
+        return M.adaline_learner(reg, method=method, steps=T, learning_rate=lr), lr
+    return M.mlp_learner(n_classes, 10, reg, method=method, steps=T, learning_rate=lr), lr
+
+
+def _attack_chunked(attack, X_tr, y_tr, X0, yp, X_att, y_att, steps, chunk, ckpt, key, bar):
+    """The sequential attack on all of ``X0`` in chunks of ``chunk`` points, checkpointed under ``key``.
+    Returns ``(X_poison, seconds per point (cumulative), compile seconds)``."""
+    from poisoning.attack import run as run_attack
+
+    m = len(X0)
+    state = ckpt.load() or {}
+    Xp = np.asarray(state.get(key + "_X", np.zeros((0, X0.shape[1]))), np.float64)
+    secs = list(np.asarray(state.get(key + "_seconds", np.zeros(0)), np.float64))
+    compile_s = float(state.get(key + "_compile", 0.0))
+    bar.update(len(Xp))
+    while len(Xp) < m:
+        k = len(Xp)
+        c = min(chunk, m - k)
+        res = run_attack(attack, np.concatenate([X_tr, Xp]), np.concatenate([y_tr, yp[:k]]), X0[k:k + c],
+                         yp[k:k + c], X_att, y_att, steps=steps, mode="sequential",
+                         callback=lambda i, X: bar.update(1))
+        base = secs[-1] if secs else 0.0
+        secs += [base + float(s) for s in res.seconds]
+        compile_s += float(res.compile_seconds)
+        Xp = np.concatenate([Xp, np.asarray(res.X_poison, np.float64)])
+        ckpt.save({**(ckpt.load() or {}), key + "_X": Xp, key + "_seconds": np.asarray(secs),
+                   key + "_compile": compile_s})
+    return Xp, np.asarray(secs), compile_s
+
+
+def _one_split(cfg, args, ds, seed, ckpt, bar) -> dict[str, Any]:
+    import jax
+    import jax.numpy as jnp
+
+    from poisoning import data
+    from poisoning.attack import hypergradient
+    from poisoning.attacks import munoz2017 as M
+
+    split = data.munoz_protocol(ds, cfg["n_train"], cfg["n_val"], cfg["n_test"], seed=seed)
+    f64 = lambda a: np.asarray(a, np.float64)
+    X_tr, y_tr, X_va, y_va, X_te, y_te = (f64(split.X_train), f64(split.y_train), f64(split.X_val),
+                                          f64(split.y_val), f64(split.X_test), f64(split.y_test))
+    n_classes = int(max(y_tr.max(), y_va.max(), y_te.max())) + 1
+    src, tgt = args.pair
+    mode, budgets, m = cfg["mode"], cfg["budgets"], max(cfg["budgets"])
+    if mode == "specific":  # the attacker's validation set: the source-class points, target labels
+        keep = y_va == src
+        X_att, y_att = X_va[keep], np.full(int(keep.sum()), float(tgt))
+        X0, yp = M.init_specific(X_tr, y_tr, max(m, 1), src, tgt, seed)
+    else:
+        X_att, y_att = X_va, y_va
+        X0, yp = M.init_generic(X_tr, y_tr, max(m, 1), n_classes, seed)
+    Xf, yf = M.random_flip_poison(X_va, y_va, max(m, 1), n_classes, seed=seed)
+    if cfg["learner"] == "adaline":  # binary Adaline on +-1 targets
+        pm = lambda y: 2.0 * np.asarray(y, np.float64) - 1.0
+        y_tr, y_va, y_te, yp, yf, y_att = pm(y_tr), pm(y_va), pm(y_te), pm(yp), pm(yf), pm(y_att)
+
+    learner, lr = _learner(cfg, args, X_tr, n_classes)
+    attack = M.munoz_attack(learner, mode, step_size=args.step_size)
+
+    t0 = time.perf_counter()
+    if m > 0:
+        Xp, seconds, compile_s = _attack_chunked(attack, X_tr, y_tr, X0[:m], yp[:m], X_att, y_att, cfg["steps"],
+                                                 args.chunk, ckpt, f"s{seed}", bar)
+    else:
+        Xp, seconds, compile_s = X0[:0], np.zeros(0), 0.0
+    wall = time.perf_counter() - t0
+
+    # ---- every budget from one weighted fit (poison rows beyond the budget get weight 0) ----
+    def fitter(X_extra, y_extra):
+        Xall = jnp.asarray(np.concatenate([X_tr, X_extra]))
+        yall = jnp.asarray(np.concatenate([y_tr, y_extra]).astype(float))
+        fit = jax.jit(lambda w: learner.fit(Xall, yall, w))
+        n_extra = len(y_extra)
+        return lambda b: fit(jnp.asarray(np.concatenate([np.ones(len(y_tr)), np.arange(n_extra) < b]).astype(float)))
+
+    def evaluate(params):
+        pred = np.asarray(learner.predict(params, X_te))
+        err_all = float(np.mean(pred != y_te))
+        if mode == "generic":
+            return {"test_error": err_all}
+        s = y_te == src
+        return {"test_error": float(np.mean(pred[s] != src)), "test_error_all": err_all,
+                "test_8_as_3": float(np.mean(pred[s] == tgt))}
+
+    obj = lambda p: float(attack.objective(p, jnp.asarray(X_att), jnp.asarray(y_att), learner))
+    fit_attack = fitter(Xp if m > 0 else X0[:1], yp[:max(m, 1)])
+    fit_flip = fitter(Xf, yf)
+    rows = []
+    for b in budgets:
+        p, pf = fit_attack(b), fit_flip(b)
+        rows.append({"n_poison": b, "fraction": b / (cfg["n_train"] + b), **evaluate(p), "objective": obj(p),
+                     **{k + "_random_flip": v for k, v in evaluate(pf).items()}, "objective_random_flip": obj(pf),
+                     "seconds": float(seconds[b - 1]) if b > 0 else 0.0})
+    out = {"seed": seed, "rows": rows, "clean": rows[0] if budgets[0] == 0 else None, "X0": X0[:m], "X_poison": Xp,
+           "compile_seconds": compile_s, "wall_seconds": wall, "gd_lr": lr, "learner": learner.name,
+           "n_val_attacker": int(len(y_att))}
+
+    if args.method == "backgradient" and cfg["learner"] == "lr":  # back-gradient vs implicit at the start
+        imp_attack = M.munoz_attack(_learner(cfg, args, X_tr, n_classes, "implicit")[0], mode)
+        g = [np.asarray(jax.jit(lambda x, a=a: hypergradient(a, x, X_tr, y_tr, yp[:1], X_att, y_att)[1])(
+            jnp.asarray(X0[:1]))).ravel() for a in (attack, imp_attack)]
+        out["hypergradient_check"] = {
+            "cosine_backgradient_vs_implicit": float(g[0] @ g[1] / (np.linalg.norm(g[0]) * np.linalg.norm(g[1]))),
+            "norm_backgradient": float(np.linalg.norm(g[0])), "norm_implicit": float(np.linalg.norm(g[1]))}
+    return out
 
 
 def run(args) -> dict[str, Any]:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
 
-    from poisoning import data
-    from poisoning.attacks import munoz2017 as M
-
-    budgets = sorted(set(int(b) for b in args.budgets))
-    if budgets[0] < 0:
-        raise SystemExit("--budgets must be >= 0")
-    if args.quick:
-        args.steps = min(args.steps, 3)
-        budgets = [b for b in budgets if b <= 2] or [0]
-        budgets = sorted(set(budgets) | {0, 2})
-    m = max(budgets)
-    n_tr, n_va, n_te = _sizes(args)
-    ds = _load(args)
-    split = data.munoz_protocol(ds, n_tr, n_va, n_te, seed=args.seed)
-    f64 = lambda a: np.asarray(a, np.float64)
-    X_tr, y_tr, X_va, y_va, X_te, y_te = (f64(split.X_train), f64(split.y_train), f64(split.X_val),
-                                          f64(split.y_val), f64(split.X_test), f64(split.y_test))
-    src, tgt = args.pair
-    if args.mode == "specific":  # the attacker's validation set: the source-class points, target labels
-        keep = y_va == src
-        X_att, y_att = X_va[keep], np.full(int(keep.sum()), float(tgt))
-    else:
-        X_att, y_att = X_va, y_va
-
-    if args.method == "backgradient":
-        lr = M.gd_learning_rate(X_tr, args.reg)
-        kw = dict(method="backgradient", steps=args.T if args.learner == "lr" else max(args.T, 200), learning_rate=lr)
-    else:
-        lr, kw = None, dict(method="implicit")
-    learner = M.softmax_learner(10, args.reg, **kw) if args.learner == "lr" else M.mlp_learner(10, 10, args.reg, **kw)
-    attack = M.munoz_attack(learner, args.mode, step_size=args.step_size)
-
-    def evaluate(params):
-        pred = np.asarray(learner.predict(params, X_te))
-        err_all = float(np.mean(pred != y_te))
-        if args.mode == "generic":
-            return {"test_error": err_all}
-        s = y_te == src
-        return {"test_error": float(np.mean(pred[s] != src)), "test_error_all": err_all,
-                "test_8_as_3": float(np.mean(pred[s] == tgt))}
-
-    # ---- the attack (one sequential run gives every budget) ----
-    t0 = time.perf_counter()
-    if m > 0:
-        bar = _cli.progress(total=m, desc="poison points")
-        res, X0, yp = M.poison(attack, X_tr, y_tr, X_att, y_att, m, mode=args.mode, pair=(src, tgt),
-                               steps=args.steps, seed=args.seed, callback=lambda i, X: bar.update(1))
-        bar.close()
-        params_clean, block_params, seconds = res.params_clean, res.block_params, res.seconds
-        compile_s, X_poison = float(res.compile_seconds), res.X_poison
-    else:
-        params_clean = learner.fit(jnp.asarray(X_tr), jnp.asarray(y_tr))
-        block_params, seconds, compile_s, X0, X_poison = (), np.zeros(0), 0.0, None, None
-    total = time.perf_counter() - t0
-
-    # ---- random label flips of validation points, same budgets, same victim ----
-    Xf, yf = M.random_flip_poison(X_va, y_va, max(m, 1), seed=args.seed)
-    Xall, yall = jnp.asarray(np.concatenate([X_tr, Xf])), jnp.asarray(np.concatenate([y_tr, yf]).astype(float))
-    fit = jax.jit(lambda w: learner.fit(Xall, yall, w))
-
-    def flip_params(b):
-        w = np.concatenate([np.ones(len(y_tr)), (np.arange(len(yf)) < b).astype(float)])
-        return fit(jnp.asarray(w))
-
-    obj = lambda p: float(attack.objective(p, jnp.asarray(X_att), jnp.asarray(y_att), learner))
-    clean = {**evaluate(params_clean), "objective": obj(params_clean)}
-    rows = []
-    for b in budgets:
-        p = params_clean if b == 0 else block_params[b - 1]
-        pf = flip_params(b)
-        e, ef = evaluate(p), evaluate(pf)
-        rows.append({"n_poison": b, "fraction": b / (n_tr + b), **e, "objective": obj(p),
-                     **{k + "_random_flip": v for k, v in ef.items()}, "objective_random_flip": obj(pf),
-                     "seconds": float(seconds[b - 1]) if b > 0 else 0.0})
-
-    results = {
-        "experiment": "munoz2017", "dataset": args.dataset, "mode": args.mode, "method": args.method,
-        "learner": learner.name,
-        "config": {"n_train": n_tr, "n_val": n_va, "n_val_attacker": int(len(y_att)), "n_test": n_te,
-                   "seed": args.seed, "budgets": budgets, "steps": args.steps, "step_size": args.step_size,
-                   "reg": args.reg, "T": args.T if args.method == "backgradient" else None, "gd_lr": lr,
-                   "pair": [src, tgt], "quick": bool(args.quick)},
-        "clean": clean, "rows": rows, "compile_seconds": compile_s, "total_seconds": total,
-        "paper": PAPER[args.mode],
-    }
+    cfg = _config(args)
+    ds = _load(cfg, args)
     out = _cli.ensure_dir(args.out)
+    ckpt = _cli.Checkpoint(out / "checkpoint.npz")
+    fingerprint = json.dumps({**cfg, "setting": args.setting, "method": args.method, "reg": args.reg,
+                              "step_size": args.step_size, "pair": list(args.pair), "seed": args.seed,
+                              "gd_lr": args.gd_lr}, sort_keys=True)
+    state = ckpt.load()
+    if args.fresh or (state is not None and str(state.get("fingerprint")) != fingerprint):
+        ckpt.clear()  # a checkpoint of another configuration is never resumed
+    if not ckpt.exists():
+        ckpt.save({"fingerprint": fingerprint})
+    m = max(cfg["budgets"])
+    seeds = [args.seed + i for i in range(args.splits)]
+    bar = _cli.progress(total=m * len(seeds), desc="poison points")
+    splits = [_one_split(cfg, args, ds, s, ckpt, bar) for s in seeds]
+    bar.close()
+
+    keys = [k for k in splits[0]["rows"][0] if k not in ("n_poison", "fraction")]
+    rows = []
+    for j, b in enumerate(cfg["budgets"]):
+        r = {"n_poison": b, "fraction": splits[0]["rows"][j]["fraction"]}
+        for k in keys:
+            vals = [s["rows"][j][k] for s in splits]
+            r[k] = float(np.mean(vals))
+            if k.startswith("test_error"):
+                r[k + "_per_split"] = vals
+                r[k + "_std"] = float(np.std(vals))
+        rows.append(r)
+    label = "test err (8s)" if cfg["mode"] == "specific" else "test err"
+    results = {
+        "experiment": "munoz2017", "setting": args.setting, "dataset": cfg["dataset"], "mode": cfg["mode"],
+        "method": args.method, "learner": splits[0]["learner"],
+        "config": {**{k: cfg[k] for k in ("n_train", "n_val", "n_test", "budgets", "steps")},
+                   "n_val_attacker": splits[0]["n_val_attacker"], "seeds": seeds, "step_size": args.step_size,
+                   "reg": args.reg, "T": cfg["T"] if args.method == "backgradient" else None,
+                   "gd_lr": splits[0]["gd_lr"], "pair": list(args.pair), "quick": bool(args.quick)},
+        "clean": rows[0] if cfg["budgets"][0] == 0 else None, "rows": rows,
+        "compile_seconds": float(np.mean([s["compile_seconds"] for s in splits])),
+        "seconds_per_point": (float(np.mean([s["rows"][-1]["seconds"] for s in splits])) / m) if m else 0.0,
+        "paper": PAPER.get(args.setting if cfg["dataset"] == SETTINGS[args.setting]["dataset"] else "", ""),
+    }
+    if "hypergradient_check" in splits[0]:
+        results["hypergradient_check"] = [s["hypergradient_check"] for s in splits]
     _cli.write_json_atomic(out / "results.json", results)
 
-    label = "test err (8s)" if args.mode == "specific" else "test err"
     table = [[r["n_poison"], f"{100 * r['fraction']:.1f}%", r["test_error"], r["test_error_random_flip"],
               r["objective"], r["seconds"]] for r in rows]
-    print(f"Munoz-Gonzalez et al. 2017, {args.dataset} {args.mode} ({args.method}, {learner.name}): "
-          f"TR={n_tr} VAL={len(y_att)} TS={n_te}")
+    print(f"Munoz-Gonzalez et al. 2017, {args.setting}: {cfg['dataset']} {cfg['mode']} ({args.method}, "
+          f"{results['learner']}): TR={cfg['n_train']} VAL={splits[0]['n_val_attacker']} TS={cfg['n_test'] or 'rest'}, "
+          f"{len(seeds)} split(s)")
     print(_cli.format_table(table, ["n_poison", "fraction", label, label + " flips", "val objective", "seconds"]))
     c, last = rows[0]["test_error"], rows[-1]
     print(f"ours: {label} {c:.3f} -> {last['test_error']:.3f} at {100 * last['fraction']:.1f}% poisoning "
-          f"(x{last['test_error'] / max(c, 1e-12):.2f}); random flips {last['test_error_random_flip']:.3f}")
-    print(PAPER[args.mode])
+          f"(x{last['test_error'] / max(c, 1e-12):.2f}); random flips {last['test_error_random_flip']:.3f}; "
+          f"{results['seconds_per_point']:.1f} s per poison point")
+    if "hypergradient_check" in results:
+        print("back-gradient vs implicit hypergradient cosine at the start:",
+              [round(h["cosine_backgradient_vs_implicit"], 4) for h in results["hypergradient_check"]])
+    print(results["paper"])
     if not args.no_plots:
-        _plots(out, results, X0, X_poison)
+        _plots(out, results, splits[0]["X0"], splits[0]["X_poison"])
     print(f"wrote {out / 'results.json'}")
     return results
 
@@ -196,16 +353,17 @@ def _plots(out: Path, results, X0, Xp):
     rows = results["rows"]
     fig, ax = plt.subplots(figsize=(4.5, 3.2))
     fr = [100 * r["fraction"] for r in rows]
-    ax.plot(fr, [r["test_error"] for r in rows], "o-", label=f"attack ({results['method']})")
-    ax.plot(fr, [r["test_error_random_flip"] for r in rows], "s--", label="random label flips")
+    ax.errorbar(fr, [r["test_error"] for r in rows], yerr=[r["test_error_std"] for r in rows], fmt="o-",
+                capsize=2, label=f"attack ({results['method']})")
+    ax.errorbar(fr, [r["test_error_random_flip"] for r in rows], yerr=[r["test_error_random_flip_std"] for r in rows],
+                fmt="s--", capsize=2, label="random label flips")
     ax.set_xlabel("poison fraction (%)")
     ax.set_ylabel("test error" + (" on 8s" if results["mode"] == "specific" else ""))
-    ax.set_title(f"{results['dataset']} {results['mode']}")
-    ax.legend()
+    ax.set_title(f"{results['setting']} ({results['learner']})", fontsize=8)
+    ax.legend(fontsize=8)
     _cli.save_figure(fig, out / "test_error.png")
-    if X0 is None:
-        return
-    _cli.save_poison_grid(X0, Xp, out / "poison_points.png")
+    if len(Xp):
+        _cli.save_poison_grid(X0, Xp, out / "poison_points.png")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:

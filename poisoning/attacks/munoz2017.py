@@ -17,6 +17,10 @@ with one point optimized at a time (``mode="sequential"``). This module supplies
   theorem, :class:`bilevel.Implicit`) or ``method="backgradient"`` (the victim *is* ``T`` steps of
   fixed-step gradient descent from a fixed start, and the hypergradient reverses that trajectory,
   :class:`bilevel.unroll.BackGradient`; the paper's method, T = 60 for LR on MNIST).
+- **Preconditioning** of the implicit softmax learner: :class:`GramBasis` (top eigenvectors of the
+  clean training data's second moments, computed once) and :func:`kfac_basis` (a low-rank K-FAC change
+  of variables built from it and the warm start), which cut the L-BFGS and CG iterations of each
+  hypergradient ~3x on MNIST without changing the minimizer or the hypergradient (beyond tolerance).
 - **Objectives**: :func:`error_generic` (mean validation cross-entropy) and :func:`error_specific`
   (negated cross-entropy toward the attacker's labels, e.g. validation 8s relabelled 3); they are
   :mod:`poisoning.objectives`'s, re-exported.
@@ -52,6 +56,8 @@ __all__ = [
     "mlp_learner",
     "adaline_learner",
     "gd_learning_rate",
+    "kfac_basis",
+    "GramBasis",
     "error_generic",
     "error_specific",
     "init_generic",
@@ -95,7 +101,7 @@ def gd_learning_rate(X, reg: float = 0.0, curvature: float = 0.5) -> float:
 
 
 def _build(name, loss, per_example, decision, init, *, method, solver, implicit, steps, learning_rate,
-           momentum=None, cls=Learner):
+           momentum=None, cls=Learner, reparam=None):
     """A learner minimizing ``loss(params, y, X, sw)``; ``init(d, dtype)`` gives the start.
 
     ``implicit``: the IFT from a converged ``solver`` (warm-started from the previous fit).
@@ -103,6 +109,9 @@ def _build(name, loss, per_example, decision, init, *, method, solver, implicit,
     cold, so the victim is one fixed map of the data), differentiated by reversing the trajectory:
     approximately (first order, Domke 2012, as in the paper) for plain GD, bit-exactly (Maclaurin et al.
     2015) for heavy-ball ``momentum > 0`` (needs ``jax_enable_x64``).
+    ``reparam(w0, X, sw) -> (to_params, from_params)`` (implicit only): solve over ``theta`` with
+    ``params = to_params(theta)``, a constant invertible change of variables (a preconditioner, e.g.
+    :func:`kfac_basis`); same minimizer, same implicit derivative.
     """
     if method == "implicit":
         strategy = implicit
@@ -122,9 +131,16 @@ def _build(name, loss, per_example, decision, init, *, method, solver, implicit,
         if method == "implicit" and warm_start is not None:
             w0 = jax.lax.stop_gradient(warm_start)
         else:
-            w0 = init(X.shape[1], X.dtype)
+            # the barrier keeps XLA from folding the all-zero start into its consumers: on CPU (jax 0.10)
+            # softmax(X @ <constant zeros>) inside jit was miscompiled to NaN for MNIST-sized X
+            w0 = jax.lax.optimization_barrier(init(X.shape[1], X.dtype))
         sw = _normalized(weights, X.shape[0], X.dtype)
-        return minimize(loss, w0, y, X, sw, solver=solver, method=strategy)
+        if reparam is None or method != "implicit":
+            return minimize(loss, w0, y, X, sw, solver=solver, method=strategy)
+        to_params, from_params = reparam(w0, X, sw)
+        theta = minimize(lambda th, *a: loss(to_params(th), *a), from_params(w0), y, X, sw, solver=solver,
+                         method=strategy)
+        return to_params(theta)
 
     return cls(name=name, fit_fn=fit, decision_fn=decision, loss_fn=per_example, train_loss=train_loss,
                solver=solver, init_fn=init, null_warm=lambda n, d, dtype: init(d, dtype))
@@ -134,6 +150,82 @@ def _linear_scores(params, X):
     return jnp.asarray(X) @ params["w"] + params["b"]
 
 
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class GramBasis:
+    r"""The top ``rank`` eigenpairs :math:`(V_r, g_r)` of the (bias-augmented) second-moment matrix
+    :math:`G = \frac1n [X, 1]^\top [X, 1]` of a fixed data set (the clean training set) and the next
+    eigenvalue ``g_rest`` (used for all remaining directions): the input factor of :func:`kfac_basis`.
+    Computed once (``O(d^3)``, outside any attack loop); the poison rows are left out, which only makes
+    the preconditioner slightly less exact. Hashed by identity (learners built with it are memoized
+    per basis)."""
+
+    V: np.ndarray
+    g: np.ndarray
+    g_rest: float
+
+    @classmethod
+    def from_data(cls, X, rank: int = 20) -> "GramBasis":
+        X = np.asarray(X, np.float64)
+        if X.ndim != 2 or len(X) == 0:
+            raise ValueError(f"X must be a non-empty (n, d) array, got shape {X.shape}")
+        if not 1 <= int(rank) <= X.shape[1]:
+            raise ValueError(f"rank must be in [1, d={X.shape[1]}], got {rank}")
+        Z = np.concatenate([X, np.ones((len(X), 1))], axis=1)
+        g, V = np.linalg.eigh(Z.T @ Z / len(Z))
+        g, V = np.maximum(g[::-1], 0.0), V[:, ::-1]
+        r = int(rank)
+        return cls(V=np.ascontiguousarray(V[:, :r]), g=g[:r], g_rest=float(g[r]))
+
+
+def kfac_basis(params, X, sw, reg, basis: GramBasis):
+    r"""A low-rank Kronecker-factored (K-FAC) approximation of the softmax-regression Hessian, used as a
+    change of variables that preconditions both the inner solve and the adjoint (IFT) solve.
+
+    With :math:`Z = [X, 1]` and per-example softmax curvature :math:`S_i = \mathrm{diag}(p_i) - p_i p_i^\top`,
+    the Hessian of :func:`softmax_learner`'s loss in the :math:`(d+1)\times k` weights is
+    :math:`H = \frac1n\sum_i s_i\, z_i z_i^\top \otimes S_i + \text{reg}\,I` (bias row unpenalized).
+    K-FAC (Martens & Grosse, ICML 2015) replaces it by :math:`G \otimes A + \text{reg}\,I` with
+    :math:`G = \frac1n Z^\top Z` and :math:`A = \frac1n\sum_i s_i S_i = Q\,\mathrm{diag}(a)\,Q^\top`; we keep
+    :math:`G`'s top-:math:`r` eigenpairs :math:`(V_r, g_r)` (``basis``) and give every other direction the
+    eigenvalue ``g_rest``. The map :math:`\Theta \mapsto W = \big[\Theta \circ m_c + V_r((M - m_c)\circ
+    V_r^\top\Theta)\big] Q^\top`, :math:`M_{ij} = (g_i a_j + \text{reg})^{-1/2}`,
+    :math:`m_{c,j} = (g_\text{rest} a_j + \text{reg})^{-1/2}`, is that approximation's inverse square root.
+    Minimizing over :math:`\Theta` changes nothing at the optimum (a fixed invertible linear map) but
+    the Hessian :math:`T^\top H T` is far better conditioned (MNIST, 1000 points, reg 1e-3: warm L-BFGS
+    ~3x fewer iterations, CG ~2-3x), at :math:`O(r\,d\,k)` extra cost per evaluation. The probabilities
+    :math:`p_i` are those of ``params`` (the warm start). Everything here is a constant
+    (``stop_gradient``): :math:`W^\star = T\Theta^\star` does not depend on the choice of :math:`T`, so the
+    implicit derivative through :math:`\Theta^\star` with :math:`T` fixed is exact.
+
+    Returns ``(to_params, from_params)``: :math:`\Theta \mapsto` params and its inverse.
+    """
+    sg = jax.lax.stop_gradient
+    X, sw, W0, b0 = sg(X), sg(sw), sg(params["w"]), sg(params["b"])
+    n = X.shape[0]
+    if basis.V.shape[0] != X.shape[1] + 1:
+        raise ValueError(f"basis is for {basis.V.shape[0] - 1} features, X has {X.shape[1]}")
+    V, g = jnp.asarray(basis.V, X.dtype), jnp.asarray(basis.g, X.dtype)
+    P = jax.nn.softmax(X @ W0 + b0, axis=-1)
+    A = jnp.diag(sw @ P / n) - (P * sw[:, None]).T @ P / n
+    a, Q = jnp.linalg.eigh(A)
+    a = jnp.maximum(a, 0.0)
+    Mr = 1.0 / jnp.sqrt(g[:, None] * a[None, :] + reg)
+    Mc = 1.0 / jnp.sqrt(basis.g_rest * a + reg)
+
+    def to_params(theta):
+        R = theta * Mc + V @ ((Mr - Mc) * (V.T @ theta))
+        W = R @ Q.T
+        return {"w": W[:-1], "b": W[-1]}
+
+    def from_params(p):
+        W = jnp.concatenate([p["w"], p["b"][None, :]], axis=0) @ Q
+        return W / Mc + V @ ((1.0 / Mr - 1.0 / Mc) * (V.T @ W))
+
+    return to_params, from_params
+
+
 def _ce(logits, y):
     return optax.losses.softmax_cross_entropy_with_integer_labels(logits, _as_int(y))
 
@@ -141,13 +233,17 @@ def _ce(logits, y):
 @functools.lru_cache(maxsize=None)
 def softmax_learner(n_classes: int = 10, reg: float = 1e-3, *, method: Method = "implicit", steps: int = 60,
                     learning_rate: float = 1.0, momentum: float | None = None, solver=None,
-                    implicit: Implicit | None = None) -> Learner:
+                    implicit: Implicit | None = None, precondition: GramBasis | None = None) -> Learner:
     r"""Multiclass L2 logistic regression :math:`\frac1{\sum s}\sum_i s_i\,\mathrm{CE}(y_i, x_i W + b) +
     \frac{\text{reg}}2\|W\|^2` (:func:`bilevel.problems.multiclass_logistic_loss`), ``params = {"w": (d, k),
     "b": (k,)}``. ``loss`` is the per-example cross-entropy; ``predict`` the arg-max class.
 
     ``method="implicit"``: LBFGS to gradient norm 1e-7 (``solver``), IFT with conjugate gradients (the
     Hessian is singular only along the common bias shift, a direction the right-hand side never has).
+    With ``precondition`` a :class:`GramBasis` (of the clean training set) both run in the low-rank
+    K-FAC coordinates of :func:`kfac_basis` (class factor from the warm start), which cuts the L-BFGS
+    and CG iterations ~3x on MNIST (same minimizer and hypergradient up to the solver tolerances; the
+    gradient-norm tolerance then applies to the gradient in those coordinates).
     ``method="backgradient"``: ``steps`` GD steps of size ``learning_rate`` from zero (use
     :func:`gd_learning_rate` for a safe step), reversed by :class:`bilevel.unroll.BackGradient`.
     """
@@ -164,9 +260,16 @@ def softmax_learner(n_classes: int = 10, reg: float = 1e-3, *, method: Method = 
 
     solver = LBFGS(maxiter=500, tol=1e-7, on_failure="ignore") if solver is None else solver
     implicit = Implicit(linear_solver="cg", tol=1e-10, on_failure="ignore") if implicit is None else implicit
+    if precondition is not None and not isinstance(precondition, GramBasis):
+        raise ValueError(f"precondition must be None or a GramBasis, got {type(precondition).__name__}")
+    reparam = None if precondition is None else functools.partial(_kfac_reparam, reg=reg, basis=precondition)
     return _build(f"softmax(k={k},reg={reg:g},{method})", loss, per_example, _linear_scores, init, method=method,
                   solver=solver, implicit=implicit, steps=steps, learning_rate=learning_rate, momentum=momentum,
-                  cls=MulticlassLearner)
+                  cls=MulticlassLearner, reparam=reparam)
+
+
+def _kfac_reparam(w0, X, sw, reg, basis):
+    return kfac_basis(w0, X, sw, reg, basis)
 
 
 @functools.lru_cache(maxsize=None)
