@@ -255,3 +255,20 @@ def test_primal_minimiser_approaches_dual_solution(gaussians):
     dual = svm_dual_fit(X, y, 1.0)
     np.testing.assert_allclose(res.x[:D], dual.w, atol=1e-2)
     assert res.x[D] == pytest.approx(float(dual.b), abs=1e-2)
+
+
+def test_float32_fit_and_gradient_match_float64(gaussians):
+    """The quasi-definite Cholesky factorisation of the KKT map also holds in float32 (regularisation
+    1e-5 relative): weights, intercept and d(||w||^2)/dX agree with float64 to float32 accuracy."""
+    X, y = gaussians
+    out = {}
+    for dt in (jnp.float64, jnp.float32):
+        Xd, yd = jnp.asarray(X, dt), jnp.asarray(y, dt)
+        sol = svm_dual_fit(Xd, yd, 1.0, on_failure="raise")
+        g = jax.grad(lambda Z: jnp.sum(svm_dual_fit(Z, yd, 1.0).w ** 2))(Xd)
+        assert sol.w.dtype == dt and bool(jnp.all(jnp.isfinite(g)))
+        out[dt] = (np.asarray(sol.w, float), float(sol.b), np.asarray(g, float))
+    (w64, b64, g64), (w32, b32, g32) = out[jnp.float64], out[jnp.float32]
+    np.testing.assert_allclose(w32, w64, rtol=1e-3, atol=1e-4)
+    assert abs(b32 - b64) < 1e-3
+    np.testing.assert_allclose(g32, g64, rtol=1e-2, atol=1e-3 * np.abs(g64).max())
