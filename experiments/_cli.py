@@ -93,6 +93,14 @@ def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, try_shared: b
     return None
 
 
+def parse_budgets(values) -> list[int]:
+    """``--budgets`` as sorted distinct poison counts, each >= 1 (``SystemExit`` otherwise)."""
+    budgets = sorted(set(int(b) for b in values))
+    if not budgets or budgets[0] < 1:
+        raise SystemExit("--budgets must be >= 1")
+    return budgets
+
+
 def load_digits_or_mnist(dataset: str, data_dir=None, seed: int = 0):
     """``poisoning.data`` loader for the image experiments: sklearn's digits (offline) or MNIST from
     ``data_dir`` / ``$BILEVEL_DATA_DIR``."""

@@ -106,9 +106,7 @@ def run(args) -> dict[str, Any]:
     from poisoning.attack import run as run_attack
     from poisoning.attacks.biggio2012 import biggio_attack, clone_and_flip
 
-    budgets = sorted(set(int(b) for b in args.budgets))
-    if budgets[0] < 1:
-        raise SystemExit("--budgets must be >= 1")
+    budgets = _cli.parse_budgets(args.budgets)
     if args.quick:
         args.steps, args.repeats, budgets = min(args.steps, 10), 1, [b for b in budgets if b <= 5] or [1]
     m = budgets[-1]

@@ -78,9 +78,7 @@ def run(args) -> dict[str, Any]:
     from poisoning import data
     from poisoning.attacks.biggio2012 import biggio_attack, poison_svm
 
-    budgets = sorted(set(int(b) for b in args.budgets))
-    if budgets[0] < 1:
-        raise SystemExit("--budgets must be >= 1")
+    budgets = _cli.parse_budgets(args.budgets)
     if args.quick:
         args.steps = min(args.steps, 20)
     ds = _load(args)

@@ -130,10 +130,8 @@ def _build(name, loss, per_example, decision, init, *, method, solver, implicit,
     def fit(X, y, weights, warm_start):
         if method == "implicit" and warm_start is not None:
             w0 = jax.lax.stop_gradient(warm_start)
-        else:
-            # the barrier keeps XLA from folding the all-zero start into its consumers: on CPU (jax 0.10)
-            # softmax(X @ <constant zeros>) inside jit was miscompiled to NaN for MNIST-sized X
-            w0 = jax.lax.optimization_barrier(init(X.shape[1], X.dtype))
+        else:  # (the all-zero start once hit an XLA:CPU NaN bug: bilevel/_xla_workarounds.py)
+            w0 = init(X.shape[1], X.dtype)
         sw = _normalized(weights, X.shape[0], X.dtype)
         if reparam is None or method != "implicit":
             return minimize(loss, w0, y, X, sw, solver=solver, method=strategy)

@@ -1,53 +1,6 @@
 """Data-sanitization defenses (sphere / slab / loss / k-NN), see :mod:`poisoning.defenses.sanitizers`."""
 
-from poisoning.defenses.sanitizers import (
-    CentroidState,
-    KNNDefense,
-    KNNState,
-    LossDefense,
-    LossState,
-    Sanitizer,
-    SlabDefense,
-    SlabRegion,
-    SphereDefense,
-    SphereRegion,
-    class_centroids,
-    knn_scores,
-    linear_hinge_losses,
-    loss_scores,
-    percentile_thresholds,
-    pm1_to_index,
-    project_slab,
-    project_sphere,
-    project_sphere_slab,
-    remove_fraction_per_class,
-    slab_directions,
-    slab_scores,
-    sphere_scores,
-)
+from poisoning.defenses import sanitizers
+from poisoning.defenses.sanitizers import *  # noqa: F401,F403  (the public names, listed once in sanitizers.__all__)
 
-__all__ = [
-    "Sanitizer",
-    "CentroidState",
-    "KNNState",
-    "LossState",
-    "SphereRegion",
-    "SlabRegion",
-    "SphereDefense",
-    "SlabDefense",
-    "KNNDefense",
-    "LossDefense",
-    "class_centroids",
-    "slab_directions",
-    "sphere_scores",
-    "slab_scores",
-    "knn_scores",
-    "loss_scores",
-    "linear_hinge_losses",
-    "remove_fraction_per_class",
-    "percentile_thresholds",
-    "project_sphere",
-    "project_slab",
-    "project_sphere_slab",
-    "pm1_to_index",
-]
+__all__ = list(sanitizers.__all__)
