@@ -18,12 +18,42 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import jax
+import jax.numpy as jnp
 
 __all__ = ["hvp", "mixed_jvp", "mixed_vjp", "gauss_newton_vp", "hessian_matvec"]
 
 
+def _like(name: str, v: Any, ref: Any, ref_name: str) -> Any:
+    """``v`` checked to be laid out like ``ref`` (tree structure and shapes; ValueError naming ``name``)
+    and cast to ``ref``'s floating dtypes (JAX's tangents must match their primals' dtypes exactly)."""
+    if jax.tree_util.tree_structure(v) != jax.tree_util.tree_structure(ref):
+        raise ValueError(
+            f"argument {name!r} must have the tree structure of {ref_name}: "
+            f"{jax.tree_util.tree_structure(v)} vs {jax.tree_util.tree_structure(ref)}"
+        )
+    out = []
+    for a, r in zip(jax.tree_util.tree_leaves(v), jax.tree_util.tree_leaves(ref)):
+        if jnp.shape(a) != jnp.shape(r):
+            raise ValueError(f"argument {name!r} must have the leaf shapes of {ref_name}: {jnp.shape(a)} vs {jnp.shape(r)}")
+        if not jnp.issubdtype(jnp.result_type(a), jnp.inexact):
+            raise ValueError(f"argument {name!r} must hold floating-point arrays, got dtype {jnp.result_type(a)}")
+        out.append(jnp.asarray(a, jnp.result_type(r)) if jnp.issubdtype(jnp.result_type(r), jnp.inexact) else a)
+    return jax.tree_util.tree_unflatten(jax.tree_util.tree_structure(v), out)
+
+
+def _check_callable(name: str, f) -> None:
+    if not callable(f):
+        raise TypeError(f"argument {name!r} must be callable, got {type(f).__name__}")
+
+
 def hvp(f: Callable, x: Any, v: Any, *args: Any) -> Any:
-    r"""Hessian-vector product :math:`\nabla^2_{xx} f(x, *args)\, v` (forward-over-reverse)."""
+    r"""Hessian-vector product :math:`\nabla^2_{xx} f(x, *args)\, v` (forward-over-reverse).
+
+    ``v`` must be laid out like ``x`` (a ``ValueError`` naming ``v`` otherwise); ``f`` must return a
+    real scalar.
+    """
+    _check_callable("f", f)
+    v = _like("v", v, x, "x")
     return jax.jvp(lambda x_: jax.grad(f)(x_, *args), (x,), (v,))[1]
 
 
@@ -32,17 +62,22 @@ def hessian_matvec(f: Callable, x: Any, *args: Any) -> Callable[[Any], Any]:
 
     Linearizing stores the forward pass, so repeated products (CG iterations) cost one tangent pass each.
     """
+    _check_callable("f", f)
     _, fn = jax.linearize(lambda x_: jax.grad(f)(x_, *args), x)
     return fn
 
 
 def mixed_jvp(f: Callable, x: Any, args: tuple, dargs: tuple) -> Any:
     r""":math:`\partial_\theta(\nabla_x f(x, \theta))\,\dot\theta` for ``θ = args`` (a tuple), shaped like ``x``."""
-    return jax.jvp(lambda *a: jax.grad(f)(x, *a), tuple(args), tuple(dargs))[1]
+    _check_callable("f", f)
+    dargs = _like("dargs", tuple(dargs), tuple(args), "args")
+    return jax.jvp(lambda *a: jax.grad(f)(x, *a), tuple(args), dargs)[1]
 
 
 def mixed_vjp(f: Callable, x: Any, args: tuple, u: Any) -> tuple:
     r""":math:`u^\top\partial_\theta(\nabla_x f(x, \theta))` for ``θ = args``: a tuple of cotangents like ``args``."""
+    _check_callable("f", f)
+    u = _like("u", u, x, "x")
     _, pullback = jax.vjp(lambda *a: jax.grad(f)(x, *a), *args)
     return pullback(u)
 
@@ -55,6 +90,9 @@ def gauss_newton_vp(predict: Callable, output_loss: Callable, x: Any, v: Any) ->
       output_loss: ``z -> scalar`` (e.g. summed cross-entropy against fixed labels).
       x: where to linearize; v: the vector (pytree like ``x``).
     """
+    _check_callable("predict", predict)
+    _check_callable("output_loss", output_loss)
+    v = _like("v", v, x, "x")
     z, jv = jax.jvp(predict, (x,), (v,))
     hjv = jax.jvp(jax.grad(output_loss), (z,), (jv,))[1]
     _, pullback = jax.vjp(predict, x)

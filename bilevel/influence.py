@@ -12,7 +12,8 @@ data sets are the same pytrees with a leading axis of length ``n``) and an optio
 ``reg_fn(params) -> scalar`` (:math:`\Omega`). :math:`H = \nabla^2_\theta R(\hat\theta)` is the Hessian
 of the *whole* training objective (built by :func:`training_objective`), or of any ``objective(params)``
 the caller passes instead (e.g. a different regularizer, or a Gauss-Newton surrogate), optionally damped:
-:math:`H + \lambda I` with :math:`\lambda` = ``damping`` (Koh & Liang, Sec. 4.2, for non-convex models).
+:math:`H + \lambda I` with :math:`\lambda` the ``ridge`` of the linear solver (Koh & Liang, Sec. 4.2,
+for non-convex models).
 Every function here is pure and jit-able (the callables are static; wrap them with a closure before
 :func:`jax.jit`) and vectorised with :func:`jax.vmap` — there are no Python loops over examples.
 
@@ -59,16 +60,17 @@ ascends to increase the test loss) as the gradient over :math:`x` of
 Inverse Hessian-vector products
 -------------------------------
 :math:`H^{-1}v` is never formed as a matrix unless a direct solver is chosen: :func:`inverse_hvp`
-hands the matrix-free product (:func:`bilevel.hvp.hessian_matvec`) to any solver of
-:mod:`bilevel.linear_solve` (``"cg"`` (default), ``"cholesky"``, ``"lu"``, ``"gmres"``, ``"neumann"``,
-``"lissa"`` ...) with ``ridge = damping``, and checks the relative residual
-:math:`\lVert (H + \lambda I)x - v\rVert / \lVert v\rVert`: a non-finite residual or one above
-``residual_tol`` raises :class:`~bilevel.ConvergenceError` (``on_failure="raise"``, under ``jit`` as a
-``JaxRuntimeError`` carrying the message) or warns — a failed solve never passes silently as NaN.
-LiSSA with a stochastic Hessian (Agarwal, Bullins & Hazan 2017; the estimator of Koh & Liang, Sec. 3)
-is selected with ``linear_solver="lissa", hessian_batch_size=b, key=key``: each recursion step uses
+hands the matrix-free product (:func:`bilevel.hvp.hessian_matvec`) to the ``linear_solver``, a solver
+object of :mod:`bilevel.linear_solve` (``CG()`` (default, ``"cg"``), ``Cholesky()``, ``LU()``,
+``GMRES()``, ``Neumann(alpha=...)``, ``LiSSA(scale=..., depth=...)`` ...) that carries its own settings,
+the damping :math:`\lambda` included as its ``ridge``. The relative residual
+:math:`\lVert (H + \lambda I)x - v\rVert / \lVert v\rVert` is checked by the one convergence check of
+:func:`bilevel.linear_solve.check_solution`: a non-finite residual or one above the solver's
+``failure_tol`` raises :class:`~bilevel.ConvergenceError` (``on_failure="raise"``) or warns — a failed
+solve never passes silently as NaN. LiSSA with a stochastic Hessian (Agarwal, Bullins & Hazan 2017; the
+estimator of Koh & Liang, Sec. 3) is ``LiSSA(batch_size=b, key=key, ...)``: each recursion step uses
 the Hessian of the regularized mean loss over ``b`` training points drawn without replacement
-(:func:`sampled_hessian_matvec`); ``scale``, ``depth`` and ``repeats`` go to the solver.
+(:func:`sampled_hessian_matvec`).
 
 References: P. W. Koh & P. Liang, ICML 2017; R. D. Cook & S. Weisberg, *Residuals and Influence in
 Regression*, 1982; N. Agarwal, B. Bullins & E. Hazan, JMLR 18 (2017).
@@ -81,9 +83,9 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from bilevel._checks import ConvergenceError, OnFailure, check_on_failure, error_if, validate_finite
+from bilevel._checks import OnFailure, check_on_failure, validate_finite
 from bilevel.hvp import hessian_matvec
-from bilevel.linear_solve import LinearSolution, get_solver
+from bilevel.linear_solve import LinearSolverLike, LiSSA, as_linear_solver, check_solution
 
 __all__ = [
     "training_objective",
@@ -198,8 +200,8 @@ def sampled_hessian_matvec(
     Draws ``batch_size`` training indices uniformly *without* replacement with ``key`` and returns
     :math:`\big(\nabla^2_\theta[\frac1b\sum_{i\in B}L(z_i,\theta) + \Omega(\theta)]\big)\,v`, an unbiased
     estimate of :math:`\nabla^2 R(\theta)\,v` (Koh & Liang, Sec. 3: "uniformly sample t points ...").
-    Pass it to ``solve_lissa(..., sample_matvec=..., key=...)``; the influence functions of this module
-    build it themselves from ``hessian_batch_size``.
+    Pass it to ``LiSSA(key=...)(matvec, b, sample_matvec=...)`` or :func:`inverse_hvp`; the other
+    influence functions build it themselves for ``LiSSA(batch_size=...)``.
     """
     n = _num_examples(train_data, "train_data")
     batch_size = int(batch_size)
@@ -218,51 +220,8 @@ def sampled_hessian_matvec(
 # inverse Hessian-vector products
 
 
-def _default_residual_tol(tol, stochastic: bool) -> float:
-    # A stochastic LiSSA estimate is noisy by design; residual 1 is what x = 0 achieves, so above it the
-    # estimate is useless (typically divergence because `scale` is below the largest eigenvalue).
-    if stochastic:
-        return 1.0
-    return max(100.0 * float(tol), 1e-5)
-
-
-def _solve_batch(matvec, vs, *, linear_solver, damping, tol, maxiter, solver_kw, batched: bool):
-    solver = get_solver(linear_solver)
-    kwargs = dict(solver_kw)
-    kwargs["ridge"] = damping
-    kwargs["tol"] = tol
-    if maxiter is not None:
-        kwargs["maxiter"] = maxiter
-
-    def one(v):
-        return solver(matvec, v, **kwargs)
-
-    return jax.vmap(one)(vs) if batched else one(vs)
-
-
-def _check_solution(sol: LinearSolution, *, linear_solver, residual_tol, on_failure):
-    failed = jnp.logical_not(sol.residual <= residual_tol)  # NaN counts as failed
-    if isinstance(linear_solver, str):
-        name = linear_solver
-    else:
-        name = getattr(linear_solver, "__name__", repr(linear_solver))
-    return error_if(
-        sol.x,
-        failed,
-        "influence: the inverse Hessian-vector product ({solver}) did not converge: relative residual "
-        "{residual:.3e} > residual_tol {tol:.1e} (NaN means non-finite values). Try damping > 0, more "
-        "maxiter/depth, another linear_solver, or (LiSSA) a scale above the largest Hessian eigenvalue.",
-        on_failure=on_failure,
-        error=ConvergenceError,
-        fmt_args={"solver": name, "residual": sol.residual, "tol": float(residual_tol)},
-    )
-
-
-def _validate_common(damping, on_failure, linear_solver) -> None:
-    check_on_failure(on_failure)
-    get_solver(linear_solver)
-    if isinstance(damping, (int, float)) and not damping >= 0:
-        raise ValueError(f"damping must be >= 0, got {damping}")
+def _stochastic_lissa(solver) -> bool:
+    return isinstance(solver, LiSSA) and solver.batch_size is not None
 
 
 def inverse_hvp(
@@ -270,84 +229,81 @@ def inverse_hvp(
     params,
     v,
     *,
-    linear_solver: str | Callable = "cg",
-    damping=0.0,
-    tol: float = 1e-10,
-    maxiter: int | None = None,
-    residual_tol: float | None = None,
+    linear_solver: LinearSolverLike = "cg",
     on_failure: OnFailure = "raise",
+    sample_matvec: Callable | None = None,
     return_residual: bool = False,
-    **solver_kw,
 ):
     r"""Solve :math:`(\nabla^2\,\mathrm{objective}(\theta) + \lambda I)\,x = v` for :math:`x`, matrix-free.
 
     The Hessian is linearized once at ``params`` (:func:`bilevel.hvp.hessian_matvec`, forward-over-
-    reverse products) and the system handed to ``linear_solver`` with ``ridge = damping``.
+    reverse products) and the system handed to ``linear_solver``, whose ``ridge`` is :math:`\lambda`.
 
     Args:
       objective: scalar ``objective(params)``, e.g. :func:`training_objective`.
       params: where the Hessian is taken (normally the trained :math:`\hat\theta`).
       v: pytree like ``params`` (the right-hand side).
-      linear_solver: a name of :data:`bilevel.linear_solve.SOLVERS` (``"cg"``, ``"cholesky"``,
-        ``"lissa"`` ...) or a callable with the shared solver signature.
-      damping: :math:`\lambda \ge 0` added to the Hessian (needed when it is singular or indefinite).
-      tol, maxiter: passed to the solver (``maxiter`` only when given; it is LiSSA's default depth).
-      residual_tol: relative residual above which the solve counts as failed; default
-        ``max(100 tol, 1e-5)``, or ``1.0`` for stochastic LiSSA (``sample_matvec`` given), whose
-        estimate is noisy by design — 1 is the residual of ``x = 0``.
-      on_failure: ``"raise"`` (default: :class:`~bilevel.ConvergenceError`), ``"warn"`` or ``"ignore"``.
+      linear_solver: a solver object of :mod:`bilevel.linear_solve` (``CG(ridge=0.01)``,
+        ``Cholesky()``, ``LiSSA(scale=..., depth=...)`` ...), a name (``"cg"``) or a callable
+        ``solve(matvec, b)``. Its ``ridge`` is the damping :math:`\lambda \ge 0` (needed when the
+        Hessian is singular or indefinite; Koh & Liang, Sec. 4.2).
+      on_failure: ``"raise"`` (default: :class:`~bilevel.ConvergenceError`), ``"warn"`` or ``"ignore"``
+        when the relative residual is not finite or above the solver's
+        :meth:`~bilevel.linear_solve.LinearSolver.failure_tol` (1 for a stochastic estimate, whose
+        residual is noisy by design: 1 is the residual of ``x = 0``).
+      sample_matvec: for :class:`~bilevel.linear_solve.LiSSA` only: a stochastic Hessian-vector
+        product ``sample_matvec(v, key)`` (see :func:`sampled_hessian_matvec`); the LiSSA object must
+        carry the ``key``.
       return_residual: also return the relative residual.
-      **solver_kw: solver options, e.g. LiSSA's ``scale``, ``depth``, ``repeats``, ``key`` and
-        ``sample_matvec(v, key)`` (see :func:`sampled_hessian_matvec`), GMRES's ``restart``.
 
     Returns:
       :math:`x` (pytree like ``v``), or ``(x, residual)`` with ``return_residual=True``.
     """
-    _validate_common(damping, on_failure, linear_solver)
+    check_on_failure(on_failure)
+    solver = as_linear_solver(linear_solver)
     validate_finite("params", params)
     validate_finite("v", v)
-    if residual_tol is None:
-        residual_tol = _default_residual_tol(tol, solver_kw.get("sample_matvec") is not None)
+    if sample_matvec is not None and not isinstance(solver, LiSSA):
+        raise ValueError(f"argument 'sample_matvec' needs linear_solver=LiSSA(...), got {solver!r}")
     matvec = hessian_matvec(objective, params)
-    sol = _solve_batch(
-        matvec, v, linear_solver=linear_solver, damping=damping, tol=tol, maxiter=maxiter,
-        solver_kw=solver_kw, batched=False,
+    if sample_matvec is None:
+        if _stochastic_lissa(solver):
+            raise ValueError(
+                "argument 'linear_solver': LiSSA(batch_size=...) needs a sampled Hessian; inverse_hvp has no "
+                "training data to sample from, so pass sample_matvec= (or use compute_s_test and friends)"
+            )
+        sol = solver(matvec, v)
+    else:
+        sol = solver(matvec, v, sample_matvec=sample_matvec)
+    x = check_solution(
+        sol, solver, v, on_failure=on_failure, context="influence: the inverse Hessian-vector product",
+        failure_tol=1.0 if sample_matvec is not None else None,
     )
-    x = _check_solution(sol, linear_solver=linear_solver, residual_tol=residual_tol, on_failure=on_failure)
     return (x, sol.residual) if return_residual else x
 
 
-def _batched_inverse_hvp(
-    loss, params, train_data, vs, *, reg_fn, objective, linear_solver, damping, tol, maxiter,
-    residual_tol, on_failure, hessian_batch_size, key, solver_kw, batched=True,
-):
+def _batched_inverse_hvp(loss, params, train_data, vs, *, reg_fn, objective, linear_solver, on_failure, batched=True):
     """H^{-1} v for a batch of right-hand sides (leading axis), one Hessian linearization, one check."""
-    _validate_common(damping, on_failure, linear_solver)
+    check_on_failure(on_failure)
+    solver = as_linear_solver(linear_solver)
     validate_finite("params", params)
-    solver_kw = dict(solver_kw or {})
     if objective is None:
         objective = training_objective(loss, train_data, reg_fn)
-    stochastic = hessian_batch_size is not None
-    if stochastic:
-        if isinstance(linear_solver, str) and linear_solver != "lissa":
-            raise ValueError(
-                f"hessian_batch_size (a stochastic Hessian) needs linear_solver='lissa', got {linear_solver!r}"
-            )
-        if key is None:
-            raise ValueError("hessian_batch_size needs a PRNG key (argument 'key')")
-        solver_kw["sample_matvec"] = sampled_hessian_matvec(
-            loss, params, train_data, batch_size=hessian_batch_size, reg_fn=reg_fn
-        )
-    if key is not None and not (isinstance(linear_solver, str) and linear_solver != "lissa"):
-        solver_kw["key"] = key  # deterministic named solvers take no key: it is ignored for them
-    if residual_tol is None:
-        residual_tol = _default_residual_tol(tol, solver_kw.get("sample_matvec") is not None)
     matvec = hessian_matvec(objective, params)
-    sol = _solve_batch(
-        matvec, vs, linear_solver=linear_solver, damping=damping, tol=tol, maxiter=maxiter,
-        solver_kw=solver_kw, batched=batched,
-    )
-    return _check_solution(sol, linear_solver=linear_solver, residual_tol=residual_tol, on_failure=on_failure)
+    if _stochastic_lissa(solver):
+        if solver.key is None:
+            raise ValueError("argument 'linear_solver': LiSSA(batch_size=...) needs a PRNG key (LiSSA(key=...))")
+        sample = sampled_hessian_matvec(loss, params, train_data, batch_size=solver.batch_size, reg_fn=reg_fn)
+
+        def one(v):
+            return solver(matvec, v, sample_matvec=sample)
+    else:
+
+        def one(v):
+            return solver(matvec, v)
+
+    sol = jax.vmap(one)(vs) if batched else one(vs)
+    return check_solution(sol, solver, vs, on_failure=on_failure, context="influence: the inverse Hessian-vector product")
 
 
 _SOLVE_DOC = r"""
@@ -355,12 +311,11 @@ _SOLVE_DOC = r"""
       objective: the full training objective ``objective(params)`` whose Hessian is :math:`H`; default
         ``training_objective(loss, train_data, reg_fn)``. Its scale must match the convention
         :math:`\frac1n\sum_i L + \Omega` (one example has weight :math:`1/n`).
-      linear_solver, damping, tol, maxiter, residual_tol, on_failure: as in :func:`inverse_hvp`.
-      hessian_batch_size: LiSSA's stochastic Hessian: each recursion step uses ``hessian_batch_size``
-        training points drawn without replacement (needs ``linear_solver="lissa"`` and ``key``). It is
-        built from ``loss``, ``train_data`` and ``reg_fn``, so a custom ``objective`` must agree with them.
-      key: PRNG key for LiSSA's sampling (ignored by the other named solvers).
-      solver_kw: dict of further solver options (LiSSA: ``scale``, ``depth``, ``repeats``)."""
+      linear_solver: the solver of :math:`(H + \lambda I)x = v`, as in :func:`inverse_hvp` (its
+        ``ridge`` is the damping :math:`\lambda`). ``LiSSA(batch_size=b, key=key)`` estimates every
+        Hessian-vector product on ``b`` training points drawn without replacement (Koh & Liang, Sec. 3),
+        built from ``loss``, ``train_data`` and ``reg_fn`` (a custom ``objective`` must agree with them).
+      on_failure: as in :func:`inverse_hvp`."""
 
 
 def compute_s_test(
@@ -372,15 +327,8 @@ def compute_s_test(
     reduction: str | None = None,
     reg_fn: Callable | None = None,
     objective: Callable | None = None,
-    linear_solver: str | Callable = "cg",
-    damping=0.0,
-    tol: float = 1e-10,
-    maxiter: int | None = None,
-    residual_tol: float | None = None,
+    linear_solver: LinearSolverLike = "cg",
     on_failure: OnFailure = "raise",
-    hessian_batch_size: int | None = None,
-    key=None,
-    solver_kw: dict | None = None,
 ):
     r""":math:`s_{\text{test}} = H^{-1}\nabla_\theta L(z_{\text{test}}, \hat\theta)` (Koh & Liang, Sec. 3).
 
@@ -395,6 +343,7 @@ def compute_s_test(
       @SOLVE_ARGS@
     """
     _check_reduction(reduction)
+    _num_examples(train_data, "train_data")
     _num_examples(test_data, "test_data")
     if reduction is None:
         rhs = per_example_grads(loss, params, test_data)
@@ -407,8 +356,7 @@ def compute_s_test(
         rhs = jax.grad(test_objective)(params)
     return _batched_inverse_hvp(
         loss, params, train_data, rhs, reg_fn=reg_fn, objective=objective, linear_solver=linear_solver,
-        damping=damping, tol=tol, maxiter=maxiter, residual_tol=residual_tol, on_failure=on_failure,
-        hessian_batch_size=hessian_batch_size, key=key, solver_kw=solver_kw, batched=reduction is None,
+        on_failure=on_failure, batched=reduction is None,
     )
 
 
@@ -424,15 +372,8 @@ def influence_params(
     *,
     reg_fn: Callable | None = None,
     objective: Callable | None = None,
-    linear_solver: str | Callable = "cg",
-    damping=0.0,
-    tol: float = 1e-10,
-    maxiter: int | None = None,
-    residual_tol: float | None = None,
+    linear_solver: LinearSolverLike = "cg",
     on_failure: OnFailure = "raise",
-    hessian_batch_size: int | None = None,
-    key=None,
-    solver_kw: dict | None = None,
 ):
     r""":math:`\mathcal I_{\text{up,params}}(z) = -H^{-1}\nabla_\theta L(z, \hat\theta)` for a batch of points.
 
@@ -449,12 +390,13 @@ def influence_params(
     Returns:
       A pytree like ``params`` with a leading axis ``m`` (one solve per point, vmapped).
     """
+    _num_examples(train_data, "train_data")
     points = train_data if train_points is None else train_points
+    _num_examples(points, "train_points")
     grads = per_example_grads(loss, params, points)
     x = _batched_inverse_hvp(
         loss, params, train_data, grads, reg_fn=reg_fn, objective=objective, linear_solver=linear_solver,
-        damping=damping, tol=tol, maxiter=maxiter, residual_tol=residual_tol, on_failure=on_failure,
-        hessian_batch_size=hessian_batch_size, key=key, solver_kw=solver_kw,
+        on_failure=on_failure,
     )
     return _neg(x)
 
@@ -479,15 +421,8 @@ def influence_loss(
     train_batch_size: int | None = None,
     reg_fn: Callable | None = None,
     objective: Callable | None = None,
-    linear_solver: str | Callable = "cg",
-    damping=0.0,
-    tol: float = 1e-10,
-    maxiter: int | None = None,
-    residual_tol: float | None = None,
+    linear_solver: LinearSolverLike = "cg",
     on_failure: OnFailure = "raise",
-    hessian_batch_size: int | None = None,
-    key=None,
-    solver_kw: dict | None = None,
 ):
     r""":math:`\mathcal I_{\text{up,loss}}(z, z_{\text{test}}) = -\nabla_\theta L(z_{\text{test}})^\top H^{-1}\nabla_\theta L(z)`
     for all train × test pairs.
@@ -512,11 +447,8 @@ def influence_loss(
       test loss.
     """
     _check_reduction(reduction)
-    kw = dict(
-        reg_fn=reg_fn, objective=objective, linear_solver=linear_solver, damping=damping, tol=tol,
-        maxiter=maxiter, residual_tol=residual_tol, on_failure=on_failure,
-        hessian_batch_size=hessian_batch_size, key=key, solver_kw=solver_kw,
-    )
+    kw = dict(reg_fn=reg_fn, objective=objective, linear_solver=linear_solver, on_failure=on_failure)
+    _num_examples(train_data, "train_data")
     s = _resolve_s_test(loss, params, train_data, test_data, s_test, reduction, kw)
     points = train_data if train_points is None else train_points
     _num_examples(points, "train_points")
@@ -565,15 +497,8 @@ def influence_perturbation(
     s_test=None,
     reg_fn: Callable | None = None,
     objective: Callable | None = None,
-    linear_solver: str | Callable = "cg",
-    damping=0.0,
-    tol: float = 1e-10,
-    maxiter: int | None = None,
-    residual_tol: float | None = None,
+    linear_solver: LinearSolverLike = "cg",
     on_failure: OnFailure = "raise",
-    hessian_batch_size: int | None = None,
-    key=None,
-    solver_kw: dict | None = None,
 ):
     r""":math:`\mathcal I_{\text{pert,loss}}(z, z_{\text{test}}) = -\big(s_{\text{test}}^\top\nabla_x\nabla_\theta L(z, \hat\theta)\big)^\top`
     per training point: the gradient w.r.t. the training *input* ``x`` of
@@ -596,11 +521,8 @@ def influence_perturbation(
       ``(m,)`` (a pytree if the input is one).
     """
     _check_reduction(reduction)
-    kw = dict(
-        reg_fn=reg_fn, objective=objective, linear_solver=linear_solver, damping=damping, tol=tol,
-        maxiter=maxiter, residual_tol=residual_tol, on_failure=on_failure,
-        hessian_batch_size=hessian_batch_size, key=key, solver_kw=solver_kw,
-    )
+    kw = dict(reg_fn=reg_fn, objective=objective, linear_solver=linear_solver, on_failure=on_failure)
+    _num_examples(train_data, "train_data")
     s = _resolve_s_test(loss, params, train_data, test_data, s_test, reduction, kw)
     points = train_data if train_points is None else train_points
     _num_examples(points, "train_points")
@@ -629,15 +551,8 @@ def predicted_loo_change(
     train_batch_size: int | None = None,
     reg_fn: Callable | None = None,
     objective: Callable | None = None,
-    linear_solver: str | Callable = "cg",
-    damping=0.0,
-    tol: float = 1e-10,
-    maxiter: int | None = None,
-    residual_tol: float | None = None,
+    linear_solver: LinearSolverLike = "cg",
     on_failure: OnFailure = "raise",
-    hessian_batch_size: int | None = None,
-    key=None,
-    solver_kw: dict | None = None,
 ):
     r"""Predicted change of the test loss when each training point is removed (leave-one-out).
 
@@ -661,8 +576,7 @@ def predicted_loo_change(
     infl = influence_loss(
         loss, params, train_data, test_data, reduction=reduction, s_test=s_test,
         train_batch_size=train_batch_size, reg_fn=reg_fn, objective=objective, linear_solver=linear_solver,
-        damping=damping, tol=tol, maxiter=maxiter, residual_tol=residual_tol, on_failure=on_failure,
-        hessian_batch_size=hessian_batch_size, key=key, solver_kw=solver_kw,
+        on_failure=on_failure,
     )
     return -infl / n
 

@@ -26,9 +26,10 @@ import dataclasses
 from typing import Any, Callable, Protocol
 
 import jax
+import jax.numpy as jnp
 
-from bilevel._checks import OnFailure, validate_finite
-from bilevel.implicit import ImplicitConfig, root_solve
+from bilevel._checks import validate_finite
+from bilevel.implicit import ImplicitConfig, _solve
 from bilevel.solvers import LBFGS, InnerSolver
 
 __all__ = ["HypergradientMethod", "Implicit", "Direct", "minimize"]
@@ -39,34 +40,23 @@ class HypergradientMethod(Protocol):
 
 
 @dataclasses.dataclass(frozen=True)
-class Implicit:
+class Implicit(ImplicitConfig):
     r"""Implicit differentiation of the stationarity condition :math:`\nabla_x\mathcal L(x, \theta) = 0`.
 
-    The Hessian is symmetric, so the same adjoint solve serves forward and reverse mode. Defaults
-    to conjugate gradients (the Hessian of a convex loss is positive semi-definite); use
-    ``linear_solver="gmres"`` or ``"lu"`` for indefinite Hessians (non-convex inner problems) and
-    ``ridge > 0`` for nearly singular ones (damping, as in Koh & Liang 2017).
+    The fields are those of :class:`bilevel.implicit.ImplicitConfig` (``linear_solver``,
+    ``on_failure``, ...): ``Implicit(linear_solver=CG(ridge=1e-3))``. The Hessian is symmetric, so
+    ``symmetric`` is always set to True and the same adjoint solve serves forward and reverse mode;
+    the default adjoint solver is therefore ``CG()`` (the Hessian of a convex loss is positive
+    semi-definite). Use ``GMRES()`` or ``LU()`` for indefinite Hessians (non-convex inner problems) and
+    a solver with ``ridge > 0`` for nearly singular ones (damping, as in Koh & Liang 2017).
 
-    Fields are those of :class:`bilevel.implicit.ImplicitConfig` (``symmetric`` is fixed to True).
+    The inner solver checks its own convergence (its ``tol`` and ``on_failure``), so ``root_tol`` is not
+    used here: it belongs to :func:`bilevel.root_solve` and the decorators.
     """
 
-    linear_solver: str | Callable = "cg"
-    ridge: float = 0.0
-    tol: float = 1e-10
-    adjoint_tol: float | None = None
-    maxiter: int | None = None
-    on_failure: OnFailure = "raise"
-
-    def config(self) -> ImplicitConfig:
-        return ImplicitConfig(
-            linear_solver=self.linear_solver,
-            symmetric=True,
-            ridge=self.ridge,
-            tol=self.tol,
-            adjoint_tol=self.adjoint_tol,
-            maxiter=self.maxiter,
-            on_failure=self.on_failure,
-        )
+    def __post_init__(self):
+        object.__setattr__(self, "symmetric", True)  # a Hessian
+        super().__post_init__()
 
     def solve(self, loss, solver, init, args):
         def stationarity(x, *a):
@@ -75,7 +65,7 @@ class Implicit:
         def run(x0, *a):
             return solver.checked_run(loss, x0, *a)[0]
 
-        return root_solve(stationarity, run, init, *args, config=self.config())
+        return _solve(stationarity, run, init, args, {}, self, has_aux=False, check_root=False, root_like_init=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,7 +94,8 @@ def minimize(
       init: initial params. Under :class:`Implicit` it receives no derivative (the minimizer does
         not depend on it); the unrolled strategies differentiate the trajectory from ``init`` too.
       *args: hyperparameters and data (pytrees of arrays); derivatives flow to all of them.
-      solver: an inner solver of :mod:`bilevel.solvers`; default ``LBFGS(maxiter=500, tol=1e-6)``.
+      solver: an inner solver of :mod:`bilevel.solvers`; default ``LBFGS()`` (500 steps, gradient-norm
+        tolerance following the dtype: 1e-6 in float64, 3.5e-4 in float32).
         A solve that does not reach the solver's ``tol`` raises :class:`~bilevel.ConvergenceError`
         (or warns; see the solver's ``on_failure``).
       method: how derivatives flow; default :class:`Implicit`.
@@ -125,9 +116,23 @@ def minimize(
     """
     if not callable(loss):
         raise TypeError(f"argument 'loss' must be callable, got {type(loss).__name__}")
+    leaves = jax.tree_util.tree_leaves(init)
+    if not leaves:
+        raise ValueError("argument 'init' must be a pytree with at least one array leaf")
+    for leaf in leaves:
+        if not jnp.issubdtype(jnp.result_type(leaf), jnp.floating):
+            raise ValueError(
+                f"argument 'init' must hold real floating-point arrays, got a leaf of dtype {jnp.result_type(leaf)}"
+            )
     validate_finite("init", init)
     for i, a in enumerate(args):
         validate_finite(f"args[{i}]", a)
+    try:
+        value = jax.eval_shape(loss, init, *args)
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"argument 'loss' could not be evaluated as loss(init, *args): {err}") from err
+    if not (isinstance(value, jax.ShapeDtypeStruct) and value.shape == () and jnp.issubdtype(value.dtype, jnp.floating)):
+        raise ValueError(f"argument 'loss' must return a real scalar, got {value}")
     solver = solver if solver is not None else LBFGS()
     if not isinstance(solver, InnerSolver):
         raise TypeError(f"argument 'solver' must be a bilevel.solvers.InnerSolver, got {type(solver).__name__}")

@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import tempfile
+import zipfile
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
@@ -49,8 +50,7 @@ __all__ = [
     "format_table",
 ]
 
-DATA_DIR_ENV = "BILEVEL_DATA_DIR"
-REPO_ROOT = Path(__file__).resolve().parent.parent
+DATA_DIR_ENV = "BILEVEL_DATA_DIR"  # = poisoning.datasets.DATA_DIR_ENV (not imported: _cli stays cheap)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -79,18 +79,13 @@ def base_parser(description: str | None = None, *, default_out: str | None = Non
     return parser
 
 
-def resolve_data_dir(data_dir: str | os.PathLike | None = None, *, try_shared: bool = False) -> Path | None:
-    """The data folder to use: ``data_dir``, else ``$BILEVEL_DATA_DIR``, else ``None`` (callers must cope
-    with no data). Only benchmarks opt in to ``try_shared``: ``../shared/data`` next to the repository
-    when it exists (a convenience of this workplace; the product never relies on it)."""
-    for candidate in (data_dir, os.environ.get(DATA_DIR_ENV)):
-        if candidate:
-            return Path(candidate).expanduser()
-    if try_shared:
-        shared = REPO_ROOT.parent / "shared" / "data"
-        if shared.is_dir():
-            return shared
-    return None
+def resolve_data_dir(data_dir: str | os.PathLike | None = None) -> Path | None:
+    """The data folder to use: :func:`poisoning.datasets.resolve_data_dir` (``data_dir``, else
+    ``$BILEVEL_DATA_DIR``, else ``None``; callers must cope with no data). No path outside the
+    repository is ever assumed."""
+    from poisoning.datasets import resolve_data_dir as resolve  # lazy: importing _cli stays cheap
+
+    return resolve(data_dir or None)
 
 
 def parse_budgets(values) -> list[int]:
@@ -102,9 +97,9 @@ def parse_budgets(values) -> list[int]:
 
 
 def load_digits_or_mnist(dataset: str, data_dir=None, seed: int = 0):
-    """``poisoning.data`` loader for the image experiments: sklearn's digits (offline) or MNIST from
+    """``poisoning.datasets`` loader for the image experiments: sklearn's digits (offline) or MNIST from
     ``data_dir`` / ``$BILEVEL_DATA_DIR``."""
-    from poisoning import data
+    from poisoning import datasets as data
 
     if dataset == "digits":
         return data.load_digits(seed=seed)
@@ -322,10 +317,16 @@ class Checkpoint:
         return self.path
 
     def load(self) -> dict[str, Any] | None:
+        """The saved state, or ``None`` when there is none. A damaged file (truncated, not an npz, holding
+        pickled objects) raises ``ValueError`` naming it (rerun with ``--fresh`` to start over)."""
         if not self.exists():
             return None
-        with np.load(self.path, allow_pickle=False) as data:
-            return {k: (data[k][()] if data[k].ndim == 0 else data[k]) for k in data.files}
+        try:
+            with np.load(self.path, allow_pickle=False) as data:
+                return {k: (data[k][()] if data[k].ndim == 0 else data[k]) for k in data.files}
+        except (zipfile.BadZipFile, ValueError, OSError, EOFError, KeyError) as e:
+            raise ValueError(f"checkpoint {str(self.path)!r} is damaged or not a checkpoint ({type(e).__name__}: "
+                             f"{e}); delete it or rerun with --fresh") from e
 
     def clear(self) -> None:
         with contextlib.suppress(FileNotFoundError):

@@ -1,7 +1,7 @@
 r"""Benchmark (not a test): wall time of the Biggio et al. (2012) poisoning attack vs. secml's reference.
 
 Protocol (as the secml measurement): linear SVM (C = 1), MNIST 4 vs 0 (``--pair``), TR = 100, VAL = 500
-(:func:`poisoning.data.biggio_protocol`), poison points cloned from class 4 with flipped labels, unit
+(:func:`poisoning.datasets.biggio_protocol`, labels 1 / 0), poison points cloned from class 4 with flipped labels, unit
 hypergradient steps of 0.05 projected to [0, 1] (:func:`poisoning.attacks.biggio2012.biggio_attack`),
 at most ``--steps`` ascent steps per point. MNIST comes from ``--data-dir`` / ``$BILEVEL_DATA_DIR``
 (``mnist/*-idx*-ubyte.gz``); without it the benchmark falls back to scikit-learn's digits 4 vs 0
@@ -28,7 +28,7 @@ test error.
 
 Usage::
 
-    python -m experiments.bench_attacks --data-dir /work/shared/data [--steps 100] [--out runs/bench_attacks]
+    python -m experiments.bench_attacks --data-dir DIR [--steps 100] [--out runs/bench_attacks]
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def build_parser():
 
 
 def _load(args):
-    from poisoning import data
+    from poisoning import datasets as data
 
     root = _cli.resolve_data_dir(args.data_dir)
     if root is not None and (root / "mnist").is_dir():
@@ -100,9 +100,7 @@ def run(args) -> dict[str, Any]:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    import jax.numpy as jnp
-
-    from poisoning import data
+    from poisoning import datasets as data
     from poisoning.attack import run as run_attack
     from poisoning.attacks.biggio2012 import biggio_attack, clone_and_flip
 
@@ -115,18 +113,19 @@ def run(args) -> dict[str, Any]:
     n_pair = int(np.sum(np.isin(ds.y_train, [pos, neg])))
     n_val = min(args.n_val, n_pair - args.n_train)
     split = data.biggio_protocol(ds, pos, neg, n_train=args.n_train, n_val=n_val, seed=args.seed)
-    tol = args.eps * n_val if args.eps > 0 else -np.inf  # -inf: the gain is never "too small"
-    attack = biggio_attack(1.0, tol=float(tol), patience=args.patience)
-    learner = attack.learner
-    X0, y0, _ = clone_and_flip(split.X_train, split.y_train, m, seed=args.seed)
+    tol = args.eps * n_val if args.eps > 0 else None  # None: the gain is never "too small"
+    attack = biggio_attack(1.0, tol=tol, patience=args.patience)
+    victim = attack.victim
+    poison, _ = clone_and_flip(split.X_train, split.y_train, m, seed=args.seed)
+    X0, y0 = np.asarray(poison.X), np.asarray(poison.y)
     common = (split.X_train, split.y_train)
     val = (split.X_val, split.y_val)
 
     def test_error(params):
-        return float(jnp.mean(learner.predict(params, split.X_test) != split.y_test))
+        return float(victim.error(params, split.X_test, split.y_test))
 
     # sequential: the first call compiles (run() reports it apart); the timed calls reuse the executable
-    seq = lambda: run_attack(attack, *common, X0, y0, *val, steps=args.steps, mode="sequential")
+    seq = lambda: run_attack(attack, *common, poison, val, steps=args.steps, mode="sequential")
     warm = seq()
     results_seq, wall_seq, cpu_seq = _timed_runs(seq, args.repeats)
     secs = np.array([r.seconds for r in results_seq])  # (repeats, m) cumulative attack seconds
@@ -150,8 +149,9 @@ def run(args) -> dict[str, Any]:
 
     joint = None
     if not args.no_joint:
-        one = lambda: run_attack(attack, *common, X0[:1], y0[:1], *val, steps=args.steps, mode="joint")
-        allp = lambda: run_attack(attack, *common, X0, y0, *val, steps=args.steps, mode="joint")
+        first = type(poison)(X0[:1], y0[:1])
+        one = lambda: run_attack(attack, *common, first, val, steps=args.steps, mode="joint")
+        allp = lambda: run_attack(attack, *common, poison, val, steps=args.steps, mode="joint")
         w1, wm = one(), allp()
         r1, _, _ = _timed_runs(one, args.repeats)
         rm, _, _ = _timed_runs(allp, args.repeats)
@@ -160,14 +160,14 @@ def run(args) -> dict[str, Any]:
         joint = {"n_poison": m, "seconds_1": t1, "seconds_m": tm, "ratio": tm / t1,
                  "steps_1": int(r1[0].n_steps[-1]), "steps_m": int(rm[0].n_steps[-1]),
                  "compile_seconds_1": float(w1.compile_seconds), "compile_seconds_m": float(wm.compile_seconds),
-                 "test_error_1": test_error(r1[0].params_poisoned), "test_error_m": test_error(rm[0].params_poisoned)}
+                 "test_error_1": test_error(r1[0].params), "test_error_m": test_error(rm[0].params)}
 
     results = {
         "benchmark": "bench_attacks",
         "dataset": dataset,
         "pair": [pos, neg],
         "config": {"n_train": args.n_train, "n_val": n_val, "n_test": int(len(split.y_test)), "steps": args.steps,
-                   "patience": args.patience, "eps": args.eps, "tol": float(tol), "step_size": attack.step_size, "C": 1.0,
+                   "patience": args.patience, "eps": args.eps, "tol": tol, "step_size": 0.05, "C": 1.0,
                    "repeats": args.repeats, "seed": args.seed, "budgets": budgets},
         "clean_test_error": clean_te,
         "compile_seconds": float(warm.compile_seconds),

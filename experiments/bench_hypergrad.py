@@ -9,7 +9,7 @@ product. Problems:
 
 - ``digits``: scikit-learn digits, 600 train / 600 validation, 64 weights (650 inner parameters);
 - ``mnist``: a 1000 / 1000 subset of MNIST's training images, 784 weights (7850 inner parameters), run
-  when the IDX files are found in ``--data-dir`` / ``$BILEVEL_DATA_DIR`` / ``../shared/data``
+  when the IDX files are found in ``--data-dir`` / ``$BILEVEL_DATA_DIR``
   (``mnist/train-images-idx3-ubyte.gz`` and ``mnist/train-labels-idx1-ubyte.gz``).
 
 Methods (same loss, same zero init, same inner ``tol``/``maxiter``, same history size 10):
@@ -142,7 +142,7 @@ def build_methods(prob: Problem, args, reg0) -> tuple[list[Method], dict[str, An
 
     import bilevel
     from bilevel.hvp import hessian_matvec
-    from bilevel.linear_solve import solve_lissa, solve_neumann
+    from bilevel.linear_solve import SOLVERS, LiSSA, Neumann
 
     from jax.flatten_util import ravel_pytree
 
@@ -162,9 +162,11 @@ def build_methods(prob: Problem, args, reg0) -> tuple[list[Method], dict[str, An
     lam_max = _power_lambda_max(hv, flat_star.shape[0], flat_star.dtype)
     info.update(lambda_max=lam_max, ours_inner_steps=int(sinfo.num_steps), ours_inner_grad_norm=float(sinfo.grad_norm))
 
-    def ours(linear_solver, on_failure="raise", maxiter=None):
-        method = bilevel.Implicit(linear_solver=linear_solver, tol=args.adjoint_tol, maxiter=maxiter,
-                                  on_failure=on_failure)
+    def ours(linear_solver, on_failure="raise"):
+        if isinstance(linear_solver, str):  # an iterative solver at --adjoint-tol, or a dense one
+            cls = SOLVERS[linear_solver]
+            linear_solver = cls() if linear_solver in DENSE else cls(tol=args.adjoint_tol)
+        method = bilevel.Implicit(linear_solver=linear_solver, on_failure=on_failure)
 
         def val(reg, Xtr, ytr, Xva, yva):
             z = bilevel.minimize(inner_loss, init, reg, Xtr, ytr, solver=solver, method=method)
@@ -198,11 +200,11 @@ def build_methods(prob: Problem, args, reg0) -> tuple[list[Method], dict[str, An
             continue
         if name == "neumann":
             alpha = 1.5 / lam_max
-            fn = ours(functools.partial(solve_neumann, alpha=alpha), "ignore", args.series_terms)
+            fn = ours(Neumann(alpha=alpha, tol=args.adjoint_tol, maxiter=args.series_terms), "ignore")
             note = f"alpha = 1.5/lambda_max = {alpha:.3g}, <= {args.series_terms} terms"
         elif name == "lissa":
             scale = lam_max / 1.5
-            fn = ours(functools.partial(solve_lissa, scale=scale), "ignore", args.series_terms)
+            fn = ours(LiSSA(scale=scale, depth=args.series_terms), "ignore")
             note = f"scale = lambda_max/1.5 = {scale:.3g}, depth {args.series_terms}, exact HVPs"
         else:
             fn, note = ours(name), f"Implicit(linear_solver={name!r}, tol {args.adjoint_tol:g})"
@@ -377,7 +379,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         s = load_digits_split(args.seed, args.digits_train, args.digits_val)
         problems.append(Problem("digits", s.X_train, s.y_train, s.X_val, s.y_val))
     if "mnist" in args.problems:
-        data_dir = _cli.resolve_data_dir(args.data_dir, try_shared=True)  # the issue allows it here
+        data_dir = _cli.resolve_data_dir(args.data_dir)
         if _mnist_files(data_dir) is None:
             print(f"\nmnist: skipped (no mnist/train-*-ubyte.gz under {data_dir or '--data-dir / $BILEVEL_DATA_DIR'})")
         else:

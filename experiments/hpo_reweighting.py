@@ -142,7 +142,7 @@ def run(args) -> dict[str, Any]:
         multiclass_init_params,
         multiclass_logistic_loss,
     )
-    from bilevel.stackelberg import StackelbergConfig, StackelbergSolver, box
+    from bilevel.stackelberg import ArgminFollower, StackelbergConfig, StackelbergSolver
 
     if args.quick:
         args.steps = min(args.steps, 40)
@@ -177,12 +177,10 @@ def run(args) -> dict[str, Any]:
         solver = bilevel.LBFGS(maxiter=2000, tol=args.inner_tol, on_failure="warn")
     stackelberg = StackelbergSolver(
         val_loss,
-        train_loss,
+        ArgminFollower(train_loss, solver, bilevel.Implicit(linear_solver=bilevel.CG())),
         StackelbergConfig(
-            follower_solver=solver,
-            method=bilevel.Implicit(linear_solver="cg"),
             leader_optimizer=optax.adam(args.lr),
-            projection=box(0.0, 1.0),
+            projection=lambda w: optax.projections.projection_box(w, 0.0, 1.0),
             steps=args.steps,
         ),
     )

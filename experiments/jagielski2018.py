@@ -5,14 +5,14 @@ Protocol (official code defaults): train 300, validation 250, test 500 drawn at 
 (``m = round(p n / (1 - p))``, 75 points at 20 %). For each rate the attacks are run independently:
 StatP, BGD (features only, responses fixed, training objective) and OptP (features and responses,
 validation objective by default, best of inverse/boundary-flip starts). The victim (``--model``,
-default ridge) is retrained on the poisoned set and its *test* MSE reported.
+default ridge; :mod:`poisoning.victims`) is retrained on the poisoned set and its *test* MSE reported.
 
 Paper: OptP beats BGD by up to 6.83x; MSE up to 155.7x the clean model (their Figs. 3-6).
 
 Usage::
 
     python -m experiments.jagielski2018                                   # diabetes (offline)
-    python -m experiments.jagielski2018 --dataset house_prices --data-dir /work/shared/data
+    python -m experiments.jagielski2018 --dataset house_prices --data-dir DIR
 """
 
 from __future__ import annotations
@@ -24,9 +24,24 @@ import numpy as np
 
 from experiments import _cli
 
-__all__ = ["build_parser", "run", "main"]
+__all__ = ["build_parser", "make_victim", "run", "main"]
 
 PAPER_NOTE = "paper: OptP beats BGD by up to 6.83x; MSE up to 155.7x the clean model"
+
+
+def make_victim(model: str, reg: float | None = None):
+    """The regression victim of ``--model`` (``reg=None``: its default, 1e-6 / 1e-2 / 1e-3 / 1e-3)."""
+    from poisoning import victims
+
+    if model == "ols":
+        return victims.ridge(1e-6 if reg is None else reg)
+    if model == "ridge":
+        return victims.ridge(1e-2 if reg is None else reg)
+    if model == "lasso":
+        return victims.lasso(1e-3 if reg is None else reg)
+    if model == "enet":
+        return victims.elastic_net(1e-3 if reg is None else reg, 0.5)
+    raise ValueError(f"unknown model {model!r}")
 
 
 def build_parser():
@@ -50,7 +65,7 @@ def build_parser():
 
 
 def _load(args):
-    from poisoning import data
+    from poisoning import datasets as data
 
     if args.dataset == "diabetes":
         ds = data.load_diabetes(test_fraction=0.0, seed=args.seed)
@@ -72,18 +87,21 @@ def run(args) -> dict[str, Any]:
     jax.config.update("jax_enable_x64", True)
 
     from poisoning.attacks import jagielski2018 as J
+    from poisoning.defenses.evaluate import fit_poisoned
 
     if args.quick:
         args.steps = min(args.steps, 10)
     rates = sorted(set(float(r) for r in args.rates))
     Xtr, ytr, Xv, yv, Xte, yte = _load(args)
     n = len(ytr)
-    victim = J.Victim(args.model, reg=args.reg)
+    victim = make_victim(args.model, args.reg)
     step_kw = dict(eta=args.eta, beta=args.beta, sigma=args.sigma, eps=args.eps, steps=args.steps)
 
+    def test_mse(poison=None):
+        return float(victim.error(fit_poisoned(victim, Xtr, ytr, poison), Xte, yte))
+
     t_all = time.perf_counter()
-    clean = J.poisoned_fit(victim, Xtr, ytr)
-    mse_clean = float(J.mse(clean, Xte, yte))
+    mse_clean = test_mse()
     rows = []
     bar = _cli.progress(total=len(rates), desc="rates")
     for rate in rates:
@@ -93,18 +111,18 @@ def run(args) -> dict[str, Any]:
             row = {"poison_rate": rate, "n_poison": 0, "mse_clean": mse_clean, "mse_statp": mse_clean,
                    "mse_bgd": mse_clean, "mse_optp": mse_clean}
         else:
-            def test_mse(Xp, yp):
-                return float(J.mse(J.poisoned_fit(victim, Xtr, ytr, Xp, yp), Xte, yte))
-
-            Xs, ys = J.statp(Xtr, ytr, m, victim, seed=args.seed)
+            statp = J.statp(Xtr, ytr, m, victim, seed=args.seed)
             rb = J.bgd(Xtr, ytr, Xv, yv, m, victim, seed=args.seed, **step_kw)
-            ro = J.optp(Xtr, ytr, Xv, yv, m, victim, objective=args.objective, init=args.init, seed=args.seed,
-                        **step_kw)
-            assert ro.X_poison.min() >= 0 and ro.X_poison.max() <= 1 and ro.y_poison.min() >= 0 and ro.y_poison.max() <= 1
-            row = {"poison_rate": rate, "n_poison": m, "mse_clean": mse_clean, "mse_statp": test_mse(Xs, ys),
-                   "mse_bgd": test_mse(rb.X_poison, rb.y_poison), "mse_optp": test_mse(ro.X_poison, ro.y_poison),
-                   "optp_init": ro.init, "optp_steps": ro.n_steps, "bgd_steps": rb.n_steps,
-                   "optp_objective": ro.objective, "optp_objective_start": ro.objective_start}
+            runs = {kind: J.optp(Xtr, ytr, Xv, yv, m, victim, objective=args.objective, init=kind, seed=args.seed,
+                                 **step_kw)
+                    for kind in (("inverse", "boundary") if args.init == "best" else (args.init,))}
+            init, ro = max(runs.items(), key=lambda kv: kv[1].objective)
+            Xo, yo = np.asarray(ro.poison.X), np.asarray(ro.poison.y)
+            assert Xo.min() >= 0 and Xo.max() <= 1 and yo.min() >= 0 and yo.max() <= 1
+            row = {"poison_rate": rate, "n_poison": m, "mse_clean": mse_clean, "mse_statp": test_mse(statp),
+                   "mse_bgd": test_mse(rb.poison), "mse_optp": test_mse(ro.poison),
+                   "optp_init": init, "optp_steps": int(ro.n_steps[0]), "bgd_steps": int(rb.n_steps[0]),
+                   "optp_objective": ro.objective, "optp_objective_start": float(ro.history[0][0])}
         row["seconds"] = time.perf_counter() - t0
         rows.append(row)
         bar.update(1)
@@ -120,7 +138,7 @@ def run(args) -> dict[str, Any]:
     results = {
         "experiment": "jagielski2018",
         "dataset": args.dataset,
-        "model": str(victim),
+        "model": victim.name,
         "config": {"n_train": n, "n_val": len(yv), "n_test": len(yte), "seed": args.seed, "rates": rates,
                    "objective": args.objective, "init": args.init, **step_kw, "quick": bool(args.quick)},
         "rows": rows,
@@ -131,7 +149,7 @@ def run(args) -> dict[str, Any]:
     out = _cli.ensure_dir(args.out)
     _cli.write_json_atomic(out / "results.json", results)
 
-    print(f"Jagielski et al. 2018, {args.dataset}, victim {victim}: train/val/test = {n}/{len(yv)}/{len(yte)}")
+    print(f"Jagielski et al. 2018, {args.dataset}, victim {victim.name}: train/val/test = {n}/{len(yv)}/{len(yte)}")
     table = [[r["poison_rate"], r["n_poison"], r["mse_clean"], r["mse_statp"], r["mse_bgd"], r["mse_optp"],
               f"{r['mse_optp'] / mse_clean:.2f}x", r["seconds"]] for r in rows]
     print(_cli.format_table(table, ["rate", "m", "mse_clean", "mse_statp", "mse_bgd", "mse_optp", "optp/clean",

@@ -1,7 +1,7 @@
 """Jagielski et al. 2021 (ACM CCS): subpopulation data poisoning, FeatureMatch and ClusterMatch.
 
-Protocol (``/work/shared/reference/paper-protocols.md`` §12; :mod:`poisoning.attacks.subpopulation`):
-the victim is L2 logistic regression (``--reg``; labels +-1). Subpopulations are
+Protocol (as implemented in :mod:`poisoning.attacks.subpopulation`): the victim is
+L2 logistic regression (:func:`poisoning.victims.logistic`, ``--reg``; labels 0/1). Subpopulations are
 
 - *FeatureMatch*: one value of a categorical attribute, or values of two different attributes
   (UCI Adult: its one-hot categorical attributes; the offline default breast cancer has none, so its
@@ -18,7 +18,9 @@ flipped labels, chosen
 
 - ``flip``: cycling through the subpopulation in random order (the paper's label-flip attack);
 - ``influence``: greedily, in ``--rounds`` rounds, by their influence (implicit hypergradient) on
-  the victim's loss over the subpopulation's training points.
+  the victim's loss over the subpopulation's training points (copy counts as
+  :class:`~poisoning.attack.PoisonWeights`, a :class:`~bilevel.stackelberg.Greedy` step rule, run by
+  :func:`poisoning.attack.run`).
 
 Reported: *target damage* (accuracy drop on the subpopulation's test points) and *collateral*
 (accuracy drop on the other test points), averaged over subpopulations per type / attack / rate.
@@ -28,7 +30,7 @@ official repository's README); only its protocol is reproduced.
 Usage::
 
     python -m experiments.jagielski2021                                  # breast cancer (offline)
-    python -m experiments.jagielski2021 --dataset adult --data-dir /work/shared/data
+    python -m experiments.jagielski2021 --dataset adult --data-dir /path/to/data
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def build_parser():
 
 
 def _load(args):
-    from poisoning import data
+    from poisoning import datasets as data
     from poisoning.attacks import subpopulation as S
 
     if args.dataset == "adult":
@@ -91,7 +93,7 @@ def _load(args):
         k = min(args.bin_features, ds.n_features)
         attributes = S.quantile_attributes(ds.X_train, range(k), args.n_bins, ds.meta["feature_names"][:k])
     X, Xt = np.asarray(ds.X_train, np.float64), np.asarray(ds.X_test, np.float64)
-    y, yt = (2.0 * np.asarray(ds.y_train, np.float64) - 1.0), (2.0 * np.asarray(ds.y_test, np.float64) - 1.0)
+    y, yt = np.asarray(ds.y_train).astype(np.int32), np.asarray(ds.y_test).astype(np.int32)
     return X, y, Xt, yt, attributes
 
 
@@ -157,7 +159,7 @@ def run(args) -> dict[str, Any]:
     import jax
 
     jax.config.update("jax_enable_x64", True)
-    from poisoning.attack import logistic_learner
+    from poisoning import victims
     from poisoning.attacks import subpopulation as S
 
     if args.n_subpops < 1 or args.rounds < 1:
@@ -177,7 +179,7 @@ def run(args) -> dict[str, Any]:
     subpops, n_candidates = _subpopulations(args, X, Xt, attributes, cfg)
     if not subpops:
         raise SystemExit("no subpopulation passes the size filter; lower --min-train / --min-test")
-    learner = logistic_learner(args.reg)
+    victim = victims.logistic(args.reg)
     P = max(s["n_train"] for s in subpops)  # poison candidates padded to one size: one compiled fit
     config = {"dataset": args.dataset, "n_train": int(len(y)), "n_test": int(len(yt)), "reg": args.reg,
               "types": list(args.types), "attacks": list(args.attacks), "rates": rates, "n_subpops": args.n_subpops,
@@ -198,13 +200,13 @@ def run(args) -> dict[str, Any]:
         print(f"resuming from {ckpt.path}: {start} of {len(subpops)} subpopulations done")
 
     def pad(idx, counts):
-        Xp, yp, w = np.zeros((P, X.shape[1])), np.ones(P), np.zeros(P)
-        Xp[: idx.size], yp[: idx.size], w[: idx.size] = X[idx], -y[idx], counts
+        Xp, yp, w = np.zeros((P, X.shape[1])), np.ones(P, np.int32), np.zeros(P)
+        Xp[: idx.size], yp[: idx.size], w[: idx.size] = X[idx], 1 - y[idx], counts
         return Xp, yp, w
 
     zeros = np.zeros((P, X.shape[1]))
-    clean = S.fit_with_poison(learner, X, y, zeros, np.ones(P), np.zeros(P))
-    clean_acc = float(np.mean(np.asarray(learner.predict(clean, Xt)) == yt))
+    clean = S.fit_with_poison(victim, X, y, zeros, np.ones(P, np.int32), np.zeros(P))
+    clean_acc = float(np.mean(np.asarray(victim.predict(clean, Xt)) == yt))
     bar = _cli.progress(range(start, len(subpops)), desc="subpopulations", total=len(subpops), initial=start)
     for i in bar:
         s = subpops[i]
@@ -215,10 +217,10 @@ def run(args) -> dict[str, Any]:
                 if attack == "flip":
                     idx, counts = S.label_flip_counts(s["train"], budget, seed=args.seed + i)
                 else:
-                    idx, counts = S.subpopulation_influence_flip(learner, X, y, s["train"], budget,
+                    idx, counts = S.subpopulation_influence_flip(victim, X, y, s["train"], budget,
                                                                  rounds=args.rounds, pad_to=P)
                 Xp, yp, w = pad(idx, counts)
-                rep = S.evaluate_subpopulation(learner, X, y, Xp, yp, Xt, yt, s["test"], poison_weights=w,
+                rep = S.evaluate_subpopulation(victim, X, y, Xp, yp, Xt, yt, s["test"], poison_weights=w,
                                                clean_params=clean)
                 rows.append(dict(type=s["type"], name=s["name"], n_train=s["n_train"], n_test=s["n_test"],
                                  rate=rate, attack=attack, max_copies=int(counts.max()) if counts.size else 0,

@@ -1,11 +1,11 @@
 r"""Koh, Steinhardt & Liang (2022), "Stronger data poisoning attacks break data sanitization defenses".
 
-Protocol (``/work/shared/reference/paper-protocols.md`` §3a, §3b, §4; :mod:`poisoning.attacks.koh2022`):
-a smoothed-hinge linear SVM (``wd`` = 0.01 as for MNIST-1-7, C = 1/(n wd)) on two digit classes
-(``--pair POS NEG`` -> +1 / -1, pixels in [0, 1]); ``eps n`` poison points (``--epsilon``, 3 %) at
+Protocol (the paper's Sec. 3-5; :mod:`poisoning.attacks.koh2022`): a smoothed-hinge linear SVM
+(:func:`poisoning.victims.smooth_svm`, ``wd`` = 0.01 as for MNIST-1-7, C = 1/(n wd)) on two digit classes
+(``--pair POS NEG`` -> labels 1 / 0, pixels in [0, 1]); ``eps n`` poison points (``--epsilon``, 3 %) at
 ``--locations`` distinct locations (copies), half per class. The attacker ascends the mean smoothed hinge
 on the test set (as in the paper's release; ``--target val`` uses a held-out validation split of the
-training images instead) with the influence gradient (I_pert), and
+training images instead) with the implicit hypergradient (= the influence I_pert), and
 
 - the *naive* attack starts at label-flipped clean points and projects onto the box [0, 1] only;
 - the *sanitizer-aware* attack (``--init kkt``, default) first runs the KKT attack: decoy parameters
@@ -17,21 +17,21 @@ training images instead) with the influence gradient (I_pert), and
   have k-NN score 0 (when ``counts >= k + 1``), so the k-NN defense needs no further constraint.
   ``--init flip`` gives the previous aware attack (label-flip start).
 
-Each defense (sphere, slab, loss, k-NN) is fit on the poisoned data, removes the top ``--fraction``
-of each class and the SVM is retrained. Table: clean error, naive attack without / with defense,
-aware attack with defense. Paper headline (Enron 3 % -> 24 %, IMDB 12 % -> 29 % at eps = 3 %);
-its MNIST-1-7 numbers were not retrieved.
+Each defense (sphere, slab, loss on the hinge, k-NN; :mod:`poisoning.defenses.evaluate`) is fit on the
+poisoned data, removes the top ``--fraction`` of each class and the SVM is retrained. Table: clean error,
+naive attack without / with defense, aware attack with defense. Paper headline (Enron 3 % -> 24 %, IMDB
+12 % -> 29 % at eps = 3 %); its MNIST-1-7 numbers were not retrieved.
 
 Usage::
 
     python -m experiments.koh2022                                   # digits 1 vs 7 (offline)
-    python -m experiments.koh2022 --dataset mnist --data-dir /work/shared/data --n-train 2000
+    python -m experiments.koh2022 --dataset mnist --data-dir DIR --n-train 2000
 """
 
 from __future__ import annotations
 
 import time
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import numpy as np
 
@@ -71,12 +71,12 @@ def build_parser():
 
 
 def _load(args):
-    from poisoning import data
+    from poisoning import datasets as data
 
     ds = _cli.load_digits_or_mnist(args.dataset, args.data_dir, args.seed)
     pos, neg = args.pair
-    X, y = data.binary_pair(ds.X_train, ds.y_train, pos, neg)
-    Xt, yt = data.binary_pair(ds.X_test, ds.y_test, pos, neg)
+    X, y = data.binary_pair(ds.X_train, ds.y_train, pos, neg, labels=(1, 0))
+    Xt, yt = data.binary_pair(ds.X_test, ds.y_test, pos, neg, labels=(1, 0))
     rng = np.random.default_rng(args.seed)
     perm = rng.permutation(len(y))
     Xv = yv = None
@@ -90,21 +90,37 @@ def _load(args):
     return X.astype(np.float64), y, Xt.astype(np.float64), yt, Xv, yv
 
 
-_RESULT_KEYS = ("X_loc", "y_loc", "counts", "history", "best_value", "seconds")
+class Attacked(NamedTuple):
+    """What the experiment keeps of an attack (and checkpoints): the poison, the victim trained with it,
+    the objective history (target loss per iterate, or per KKT candidate), the best objective, wall seconds."""
+
+    poison: Any
+    params: Any
+    history: np.ndarray
+    objective: float
+    seconds: float
 
 
-def _cached(ckpt, name, fn, X, y, cfg):
-    """Run attack ``fn`` unless the checkpoint holds its result (then retrain the victim on it)."""
-    from poisoning.attacks import koh2022 as K
+def _summary(res) -> Attacked:
+    seconds = float(res.seconds[-1]) + float(res.compile_seconds)
+    return Attacked(res.poison, res.params, np.asarray(res.objective_history), float(res.objective), seconds)
+
+
+def _cached(ckpt, name, fn, victim, X, y) -> Attacked:
+    """Run attack ``fn`` (returning an :class:`~poisoning.attack.AttackResult`) unless the checkpoint holds
+    its result (then retrain the victim on the stored poison)."""
+    from poisoning.attack import PoisonPoints
+    from poisoning.defenses.evaluate import fit_poisoned
 
     state = ckpt.load() or {}
-    if f"{name}/X_loc" in state:
-        r = {k: state[f"{name}/{k}"] for k in _RESULT_KEYS}
-        Xs, ys, c = K._stack(X, y, r["X_loc"], r["y_loc"], r["counts"])
-        return K.KohAttackResult(r["X_loc"], r["y_loc"].astype(int), r["counts"].astype(int), r["history"],
-                                 float(r["best_value"]), K.train_svm(Xs, ys, c, cfg), float(r["seconds"]))
-    res = fn()
-    state.update({f"{name}/{k}": np.asarray(getattr(res, k)) for k in _RESULT_KEYS})
+    if f"{name}/X" in state:
+        poison = PoisonPoints(state[f"{name}/X"], state[f"{name}/y"].astype(int), counts=state[f"{name}/counts"])
+        return Attacked(poison, fit_poisoned(victim, X, y, poison), state[f"{name}/history"],
+                        float(state[f"{name}/objective"]), float(state[f"{name}/seconds"]))
+    res = _summary(fn())
+    state.update({f"{name}/X": np.asarray(res.poison.X), f"{name}/y": np.asarray(res.poison.y),
+                  f"{name}/counts": np.asarray(res.poison.counts), f"{name}/history": res.history,
+                  f"{name}/objective": res.objective, f"{name}/seconds": res.seconds})
     ckpt.save(state)
     return res
 
@@ -113,7 +129,9 @@ def run(args) -> dict[str, Any]:
     import jax
 
     jax.config.update("jax_enable_x64", True)
+    from poisoning import victims
     from poisoning.attacks import koh2022 as K
+    from poisoning.defenses.evaluate import evaluate_defenses, hinge_score
 
     if args.quick:
         args.steps = min(args.steps, 10)
@@ -124,35 +142,37 @@ def run(args) -> dict[str, Any]:
     X, y, Xt, yt, Xv, yv = _load(args)
     X_tgt, y_tgt = (Xt, yt) if args.target == "test" else (Xv, yv)
     n_poison = max(1, int(round(args.epsilon * len(y))))
-    cfg = K.SVMConfig(wd=args.wd, t=args.t)
+    victim = victims.smooth_svm(args.wd, args.t)
     loss_pct = None if args.loss_percentile < 0 else args.loss_percentile
-    common = dict(cfg=cfg, steps=args.steps, step_size=args.step_size, n_locations=args.locations,
+    common = dict(victim=victim, steps=args.steps, step_size=args.step_size, n_locations=args.locations,
                   percentile=args.percentile, seed=args.seed)
     out = _cli.ensure_dir(args.out)
     ckpt = _cli.Checkpoint(out / "checkpoint.npz")
     t0 = time.perf_counter()
     bar = _cli.progress(total=3, desc="koh2022 attacks")
     naive = _cached(ckpt, "naive", lambda: K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=False, **common),
-                    X, y, cfg)
+                    victim, X, y)
     bar.update()
-    extra, kkt = {}, None
+    attacks, kkt = {"naive": naive}, None
     if args.init == "kkt":
         def _kkt():
-            decoys = K.decoy_parameters(X, y, X_tgt, y_tgt, cfg, weights=tuple(args.decoy_weights)) + [naive.params]
-            return K.kkt_attack(X, y, X_tgt, y_tgt, n_poison, decoys, cfg=cfg, n_locations=args.locations,
-                                splits=args.kkt_splits, percentile=args.percentile, loss_percentile=loss_pct,
-                                seed=args.seed)
+            decoys = K.decoy_parameters(X, y, X_tgt, y_tgt, victim=victim, weights=tuple(args.decoy_weights))
+            return K.kkt_attack(X, y, X_tgt, y_tgt, n_poison, decoys + [naive.params], victim=victim,
+                                n_locations=args.locations, splits=args.kkt_splits, percentile=args.percentile,
+                                loss_percentile=loss_pct, seed=args.seed)
 
-        kkt = _cached(ckpt, "kkt", _kkt, X, y, cfg)
-        extra["kkt"] = kkt
+        kkt = _cached(ckpt, "kkt", _kkt, victim, X, y)
     bar.update()
-    init = None if kkt is None else (kkt.X_loc, kkt.y_loc, kkt.counts)
-    aware = _cached(ckpt, "aware", lambda: K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=True, init=init,
-                                                        loss_percentile=loss_pct, schedule=args.schedule, **common),
-                    X, y, cfg)
+    aware = _cached(ckpt, "aware", lambda: K.koh_attack(X, y, X_tgt, y_tgt, n_poison, aware=True,
+                                                        init=None if kkt is None else kkt.poison,
+                                                        loss_percentile=loss_pct, schedule=args.schedule,
+                                                        **common), victim, X, y)
+    attacks["aware"] = aware
+    if kkt is not None:
+        attacks["kkt"] = kkt
     bar.update()
     bar.close()
-    rows = K.evaluate_defenses(X, y, Xt, yt, naive, aware, fraction=args.fraction, cfg=cfg, extra=extra)
+    rows = evaluate_defenses(victim, X, y, Xt, yt, attacks, fraction=args.fraction, loss_score=hinge_score)
     total = time.perf_counter() - t0
     pos, neg = args.pair
     results = {
@@ -160,16 +180,17 @@ def run(args) -> dict[str, Any]:
         "dataset": args.dataset,
         "pair": [pos, neg],
         "config": {"n_train": int(len(y)), "n_test": int(len(yt)), "n_poison": n_poison, "epsilon": args.epsilon,
-                   "locations": args.locations, "counts": aware.counts.tolist(), "steps": args.steps,
-                   "step_size": args.step_size, "wd": args.wd, "C": 1.0 / ((len(y) + n_poison) * args.wd),
-                   "t": args.t, "fraction": args.fraction, "percentile": args.percentile, "target": args.target,
-                   "init": args.init, "loss_percentile": loss_pct, "schedule": args.schedule,
-                   "kkt_splits": args.kkt_splits, "decoy_weights": list(args.decoy_weights),
-                   "seed": args.seed, "gradient": "influence (I_pert)"},
+                   "locations": args.locations, "counts": np.asarray(aware.poison.counts).astype(int).tolist(),
+                   "steps": args.steps, "step_size": args.step_size, "wd": args.wd,
+                   "C": 1.0 / ((len(y) + n_poison) * args.wd), "t": args.t, "fraction": args.fraction,
+                   "percentile": args.percentile, "target": args.target, "init": args.init,
+                   "loss_percentile": loss_pct, "schedule": args.schedule, "kkt_splits": args.kkt_splits,
+                   "decoy_weights": list(args.decoy_weights), "seed": args.seed,
+                   "gradient": "implicit (IFT) = influence I_pert"},
         "rows": rows,
-        "target_loss": {"naive_start": float(naive.history[0]), "naive_best": naive.best_value,
-                        "aware_start": float(aware.history[0]), "aware_best": aware.best_value,
-                        **({"kkt_best": kkt.best_value} if kkt is not None else {})},
+        "target_loss": {"naive_start": float(naive.history[0]), "naive_best": naive.objective,
+                        "aware_start": float(aware.history[0]), "aware_best": aware.objective,
+                        **({"kkt_best": kkt.objective} if kkt is not None else {})},
         "attack_seconds": {"naive": naive.seconds, "aware": aware.seconds,
                            **({"kkt": kkt.seconds} if kkt is not None else {})},
         "total_seconds": total,

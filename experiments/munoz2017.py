@@ -1,6 +1,6 @@
 r"""Reproduce Muñoz-González et al. (2017), gradient poisoning of multiclass and binary learners.
 
-Protocol (``/work/shared/reference/paper-protocols.md`` §2; :func:`poisoning.data.munoz_protocol`):
+Protocol (Muñoz-González et al. 2017, §4-5; :func:`poisoning.datasets.munoz_protocol`):
 disjoint random TR / VAL / TS draws, features in [0, 1]. Attack (:mod:`poisoning.attacks.munoz2017`):
 poison points added one at a time, each optimized by projected ascent on the unit hypergradient
 (backtracking line search) inside the box [0, 1], the hypergradient by implicit differentiation
@@ -40,8 +40,8 @@ added to the training set, which is exactly the sequential attack.
 Usage::
 
     python -m experiments.munoz2017                                   # digits (offline)
-    python -m experiments.munoz2017 --setting mnist-generic --data-dir /work/shared/data
-    python -m experiments.munoz2017 --setting mnist-specific --data-dir /work/shared/data
+    python -m experiments.munoz2017 --setting mnist-generic --data-dir DIR
+    python -m experiments.munoz2017 --setting mnist-specific --data-dir DIR
     python -m experiments.munoz2017 --setting mnist-specific --method backgradient --data-dir ...
     python -m experiments.munoz2017 --setting spambase-adaline --splits 5 --data-dir ...
 """
@@ -121,9 +121,13 @@ def _config(args) -> dict[str, Any]:
                             "spambase": (100, 400, None)}[cfg["dataset"]]
         if cfg["dataset"] == "mnist" and cfg["mode"] == "specific":
             n_va, n_te = 4000, 5000
-    cfg["n_train"] = args.n_train or n_tr
-    cfg["n_val"] = args.n_val or n_va
-    cfg["n_test"] = args.n_test or n_te
+    for name in ("n_train", "n_val", "n_test"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+    cfg["n_train"] = args.n_train if args.n_train is not None else n_tr
+    cfg["n_val"] = args.n_val if args.n_val is not None else n_va
+    cfg["n_test"] = args.n_test if args.n_test is not None else n_te
     cfg["budgets"] = sorted(set(int(b) for b in (args.budgets if args.budgets is not None else s["budgets"])))
     cfg["T"] = int(args.T if args.T is not None else s["T"])
     cfg["steps"] = int(args.steps)
@@ -133,7 +137,7 @@ def _config(args) -> dict[str, Any]:
         cfg["steps"] = min(cfg["steps"], 3)
         cfg["budgets"] = sorted({b for b in cfg["budgets"] if b <= 2} | {0, 2})
         cfg["T"] = min(cfg["T"], 20)
-    if cfg["budgets"][0] < 0:
+    if not cfg["budgets"] or cfg["budgets"][0] < 0:
         raise SystemExit("--budgets must be >= 0")
     if cfg["mode"] == "specific" and cfg["dataset"] == "spambase":
         raise SystemExit("--mode specific needs a multiclass data set (digits or mnist)")
@@ -145,7 +149,7 @@ def _config(args) -> dict[str, Any]:
 
 
 def _load(cfg, args):
-    from poisoning import data
+    from poisoning import datasets as data
 
     if cfg["dataset"] == "spambase":
         return data.load_spambase(_cli.resolve_data_dir(args.data_dir))
@@ -154,7 +158,7 @@ def _load(cfg, args):
 
 def _learner(cfg, args, X_tr, n_classes, method=None):
     """The victim for ``cfg`` (``method`` overrides ``--method``)."""
-    from bilevel import Implicit
+    from bilevel import CG, Implicit
     from poisoning.attacks import munoz2017 as M
 
     method = method or args.method
@@ -166,16 +170,17 @@ def _learner(cfg, args, X_tr, n_classes, method=None):
         lr = float(args.gd_lr)
     if name == "lr":
         basis = M.GramBasis.from_data(X_tr, rank=min(20, X_tr.shape[1]))
-        return M.softmax_learner(n_classes, reg, method=method, steps=T, learning_rate=lr, precondition=basis,
-                                 implicit=Implicit(linear_solver="cg", tol=1e-8, on_failure="ignore")), lr
+        return M.softmax_victim(n_classes, reg, method=method, steps=T, learning_rate=lr, precondition=basis,
+                                implicit=Implicit(linear_solver=CG(tol=1e-8), on_failure="ignore")), lr
     if name == "adaline":
-        return M.adaline_learner(reg, method=method, steps=T, learning_rate=lr), lr
-    return M.mlp_learner(n_classes, 10, reg, method=method, steps=T, learning_rate=lr), lr
+        return M.adaline_victim(reg, method=method, steps=T, learning_rate=lr), lr
+    return M.mlp_victim(n_classes, 10, reg, method=method, steps=T, learning_rate=lr), lr
 
 
 def _attack_chunked(attack, X_tr, y_tr, X0, yp, X_att, y_att, steps, chunk, ckpt, key, bar):
     """The sequential attack on all of ``X0`` in chunks of ``chunk`` points, checkpointed under ``key``.
     Returns ``(X_poison, seconds per point (cumulative), compile seconds)``."""
+    from poisoning.attack import PoisonPoints
     from poisoning.attack import run as run_attack
 
     m = len(X0)
@@ -187,13 +192,13 @@ def _attack_chunked(attack, X_tr, y_tr, X0, yp, X_att, y_att, steps, chunk, ckpt
     while len(Xp) < m:
         k = len(Xp)
         c = min(chunk, m - k)
-        res = run_attack(attack, np.concatenate([X_tr, Xp]), np.concatenate([y_tr, yp[:k]]), X0[k:k + c],
-                         yp[k:k + c], X_att, y_att, steps=steps, mode="sequential",
-                         callback=lambda i, X: bar.update(1))
+        res = run_attack(attack, np.concatenate([X_tr, Xp]), np.concatenate([y_tr, yp[:k]]),
+                         PoisonPoints(X0[k:k + c], yp[k:k + c]), (X_att, y_att), steps=steps, mode="sequential",
+                         callback=lambda i, p: bar.update(1))
         base = secs[-1] if secs else 0.0
         secs += [base + float(s) for s in res.seconds]
         compile_s += float(res.compile_seconds)
-        Xp = np.concatenate([Xp, np.asarray(res.X_poison, np.float64)])
+        Xp = np.concatenate([Xp, np.asarray(res.poison.X, np.float64)])
         ckpt.save({**(ckpt.load() or {}), key + "_X": Xp, key + "_seconds": np.asarray(secs),
                    key + "_compile": compile_s})
     return Xp, np.asarray(secs), compile_s
@@ -203,28 +208,25 @@ def _one_split(cfg, args, ds, seed, ckpt, bar) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from poisoning import data
-    from poisoning.attack import hypergradient
+    from poisoning import datasets as data
+    from poisoning.attack import PoisonPoints, hypergradient
     from poisoning.attacks import munoz2017 as M
 
     split = data.munoz_protocol(ds, cfg["n_train"], cfg["n_val"], cfg["n_test"], seed=seed)
-    f64 = lambda a: np.asarray(a, np.float64)
-    X_tr, y_tr, X_va, y_va, X_te, y_te = (f64(split.X_train), f64(split.y_train), f64(split.X_val),
-                                          f64(split.y_val), f64(split.X_test), f64(split.y_test))
+    f64, i64 = (lambda a: np.asarray(a, np.float64)), (lambda a: np.asarray(a, np.int64))
+    X_tr, y_tr, X_va, y_va, X_te, y_te = (f64(split.X_train), i64(split.y_train), f64(split.X_val),
+                                          i64(split.y_val), f64(split.X_test), i64(split.y_test))
     n_classes = int(max(y_tr.max(), y_va.max(), y_te.max())) + 1
     src, tgt = args.pair
     mode, budgets, m = cfg["mode"], cfg["budgets"], max(cfg["budgets"])
     if mode == "specific":  # the attacker's validation set: the source-class points, target labels
         keep = y_va == src
-        X_att, y_att = X_va[keep], np.full(int(keep.sum()), float(tgt))
+        X_att, y_att = X_va[keep], np.full(int(keep.sum()), int(tgt))
         X0, yp = M.init_specific(X_tr, y_tr, max(m, 1), src, tgt, seed)
     else:
         X_att, y_att = X_va, y_va
         X0, yp = M.init_generic(X_tr, y_tr, max(m, 1), n_classes, seed)
     Xf, yf = M.random_flip_poison(X_va, y_va, max(m, 1), n_classes, seed=seed)
-    if cfg["learner"] == "adaline":  # binary Adaline on +-1 targets
-        pm = lambda y: 2.0 * np.asarray(y, np.float64) - 1.0
-        y_tr, y_va, y_te, yp, yf, y_att = pm(y_tr), pm(y_va), pm(y_te), pm(yp), pm(yf), pm(y_att)
 
     learner, lr = _learner(cfg, args, X_tr, n_classes)
     attack = M.munoz_attack(learner, mode, step_size=args.step_size)
@@ -240,7 +242,7 @@ def _one_split(cfg, args, ds, seed, ckpt, bar) -> dict[str, Any]:
     # ---- every budget from one weighted fit (poison rows beyond the budget get weight 0) ----
     def fitter(X_extra, y_extra):
         Xall = jnp.asarray(np.concatenate([X_tr, X_extra]))
-        yall = jnp.asarray(np.concatenate([y_tr, y_extra]).astype(float))
+        yall = jnp.asarray(np.concatenate([y_tr, y_extra]).astype(np.int64))
         fit = jax.jit(lambda w: learner.fit(Xall, yall, w))
         n_extra = len(y_extra)
         return lambda b: fit(jnp.asarray(np.concatenate([np.ones(len(y_tr)), np.arange(n_extra) < b]).astype(float)))
@@ -254,7 +256,7 @@ def _one_split(cfg, args, ds, seed, ckpt, bar) -> dict[str, Any]:
         return {"test_error": float(np.mean(pred[s] != src)), "test_error_all": err_all,
                 "test_8_as_3": float(np.mean(pred[s] == tgt))}
 
-    obj = lambda p: float(attack.objective(p, jnp.asarray(X_att), jnp.asarray(y_att), learner))
+    obj = lambda p: float(attack.objective(learner, p, jnp.asarray(X_att), jnp.asarray(y_att)))
     fit_attack = fitter(Xp if m > 0 else X0[:1], yp[:max(m, 1)])
     fit_flip = fitter(Xf, yf)
     rows = []
@@ -269,8 +271,9 @@ def _one_split(cfg, args, ds, seed, ckpt, bar) -> dict[str, Any]:
 
     if args.method == "backgradient" and cfg["learner"] == "lr":  # back-gradient vs implicit at the start
         imp_attack = M.munoz_attack(_learner(cfg, args, X_tr, n_classes, "implicit")[0], mode)
-        g = [np.asarray(jax.jit(lambda x, a=a: hypergradient(a, x, X_tr, y_tr, yp[:1], X_att, y_att)[1])(
-            jnp.asarray(X0[:1]))).ravel() for a in (attack, imp_attack)]
+        g = [np.asarray(jax.jit(lambda x, a=a: hypergradient(a, X_tr, y_tr, PoisonPoints(x, yp[:1]),
+                                                             (X_att, y_att))[1])(jnp.asarray(X0[:1]))).ravel()
+             for a in (attack, imp_attack)]
         out["hypergradient_check"] = {
             "cosine_backgradient_vs_implicit": float(g[0] @ g[1] / (np.linalg.norm(g[0]) * np.linalg.norm(g[1]))),
             "norm_backgradient": float(np.linalg.norm(g[0])), "norm_implicit": float(np.linalg.norm(g[1]))}
@@ -289,8 +292,10 @@ def run(args) -> dict[str, Any]:
     fingerprint = json.dumps({**cfg, "setting": args.setting, "method": args.method, "reg": args.reg,
                               "step_size": args.step_size, "pair": list(args.pair), "seed": args.seed,
                               "gd_lr": args.gd_lr}, sort_keys=True)
+    if args.fresh:
+        ckpt.clear()  # before loading: --fresh also recovers from a damaged checkpoint
     state = ckpt.load()
-    if args.fresh or (state is not None and str(state.get("fingerprint")) != fingerprint):
+    if state is not None and str(state.get("fingerprint")) != fingerprint:
         ckpt.clear()  # a checkpoint of another configuration is never resumed
     if not ckpt.exists():
         ckpt.save({"fingerprint": fingerprint})

@@ -10,8 +10,8 @@ and reads back, per budget, secml's wall time and the test error of the SVM retr
 poisoned set. Settings follow secml's poisoning tutorial: ``CClassifierSVM(C=1, kernel="linear")``
 (dual, so the attack is allowed), ``CAttackPoisoningSVM`` with ``pgd-ls`` (``eta=0.05``,
 ``eta_min=0.05``, ``eta_max=None``, ``eps=1e-6``, ``max_iter=--steps``), box ``[0, 1]``, and the
-*same* initial poison points as ours (``ds_init``: clones of class +1 relabelled -1). Labels are
-mapped from ``{-1, +1}`` to secml's ``{0, 1}``.
+*same* initial poison points as ours (``ds_init``: clones of class 1 relabelled 0). Labels are 0/1,
+the convention of this project and of secml.
 
 A one-off setup of such an interpreter (not a project dependency)::
 
@@ -31,7 +31,7 @@ import time
 
 def run_secml(python, split, X0, y0, budgets, steps, seed=0) -> dict:
     """Run this script under ``python`` (an interpreter with secml) on ``split`` (with ``X_train``,
-    ``y_train``, ``X_val``, ``y_val``, ``X_test``, ``y_test`` attributes, labels +/-1) from the start
+    ``y_train``, ``X_val``, ``y_val``, ``X_test``, ``y_test`` attributes, labels 0/1) from the start
     points ``X0, y0``; returns the parsed JSON (``clean_test_error``, ``rows``). Called from this
     project's environment (stdlib + numpy only)."""
     import subprocess
@@ -76,7 +76,7 @@ def main() -> None:
 
     with np.load(args.split, allow_pickle=False) as f:
         arrays = {k: f[k] for k in f.files}
-    to01 = lambda y: CArray(((np.asarray(y) + 1) // 2).astype(int))
+    to01 = lambda y: CArray(np.asarray(y).astype(int))  # labels are 0/1 (the project's convention, secml's too)
     tr = CDataset(CArray(arrays["X_train"]), to01(arrays["y_train"]))
     val = CDataset(CArray(arrays["X_val"]), to01(arrays["y_val"]))
     X_ts, y_ts = CArray(arrays["X_test"]), to01(arrays["y_test"])

@@ -1,6 +1,6 @@
 r"""Reproduce Solans, Biggio & Castillo (2020), "Poisoning attacks on algorithmic fairness" (ECML-PKDD).
 
-Protocol (``/work/shared/reference/paper-protocols.md`` §13; :mod:`poisoning.attacks.solans2020`):
+Protocol (the authors' notebooks, as implemented in :mod:`poisoning.attacks.solans2020`):
 an L2 logistic regression (``C = --C``, i.e. ``reg = 1 / (C n_train)``) is attacked with the
 disparate-impact surrogate (logistic loss with the group as label, unprivileged losses re-weighted
 by :math:`-p_{priv}/p_{unpriv}`), poison points start as random validation points with flipped labels
@@ -16,7 +16,7 @@ Data:
 - ``--dataset synthetic`` (default, offline): the Zafar-style generator of the notebooks
   (``--n-per-class`` points per class, class-mean distance ``--distance``), 20 % test, the rest
   halved into train / validation;
-- ``--dataset adult``: UCI Adult from ``--data-dir`` (``poisoning.data.load_adult`` features, one-hot
+- ``--dataset adult``: UCI Adult from ``--data-dir`` (``poisoning.datasets.load_adult`` features, one-hot
   categorical + min-max numeric, ``sex`` kept as a feature and used as the sensitive attribute,
   Male = privileged); train and validation are disjoint stratified draws of ``--n-train`` /
   ``--n-val`` rows of ``adult.data``, test ``--n-test`` rows of ``adult.test``.
@@ -82,7 +82,7 @@ def build_parser():
                    help="surrogate labels: group (authors' code) or true labels")
     p.add_argument("--init-group", type=int, choices=(0, 1), default=None,
                    help="draw the starting poison from this group only (default: all validation points)")
-    p.add_argument("--init-label", type=float, choices=(-1.0, 1.0), default=None,
+    p.add_argument("--init-label", type=int, choices=(0, 1), default=None,
                    help="draw the starting poison from validation points of this label only (then flipped)")
     p.add_argument("--resume", action="store_true", help="skip repeats stored in OUT/checkpoint.npz")
     p.add_argument("--no-plots", action="store_true")
@@ -104,15 +104,15 @@ def _config(args) -> dict:
 
 
 def _data(args, seed: int, adult=None) -> dict:
-    from poisoning import data
+    from poisoning import datasets as data
     from poisoning.attacks.solans2020 import solans_split, zafar_synthetic
 
     if args.dataset == "synthetic":
         X, y, g = zafar_synthetic(args.n_per_class, args.distance, seed=seed)
         return solans_split(X, y, g, seed=seed)
     ds = adult
-    y_tr = np.where(np.asarray(ds.y_train) == 1, 1.0, -1.0)
-    y_te = np.where(np.asarray(ds.y_test) == 1, 1.0, -1.0)
+    y_tr = (np.asarray(ds.y_train) == 1).astype(np.int64)
+    y_te = (np.asarray(ds.y_test) == 1).astype(np.int64)
     g_tr, g_te = np.asarray(ds.meta["sex_train"]), np.asarray(ds.meta["sex_test"])
     i_tr, i_val = data.split_indices(len(y_tr), (args.n_train, args.n_val), seed, y=y_tr, stratify=True)
     (i_te,) = data.split_indices(len(y_te), (min(args.n_test, len(y_te)),), seed, y=y_te, stratify=True)
@@ -143,17 +143,17 @@ def _one_repeat(args, seed: int, adult=None) -> tuple[np.ndarray, dict]:
         callback=lambda i, X: bar.update(1))
     seconds = time.perf_counter() - t0
     bar.close()
-    learner = attack.learner
-    y0 = res.y_poison
+    victim = attack.victim
+    y0 = np.asarray(res.poison.y)
 
     def report(params):
-        pred = np.asarray(learner.predict(params, sp["X_test"]))
+        pred = np.asarray(victim.predict(params, sp["X_test"]))
         r = fairness_report(sp["y_test"], pred, sp["g_test"])
         return [r[k] for k in METRICS]
 
     clean = report(res.params_clean)
     # baselines: one jitted fit on the fixed-shape set D_tr ∪ X0 (poison rows switched on by weights)
-    fit = jax.jit(lambda X, y, w: learner.fit(X, y, w))
+    fit = jax.jit(lambda X, y, w: victim.fit_fn(X, victim.encode(y, X.dtype), w, None))
     X_all = np.concatenate([sp["X_train"], X0])
     n_p = len(y0)
     out = np.zeros((len(counts), len(METHODS), len(METRICS)))
@@ -162,7 +162,8 @@ def _one_repeat(args, seed: int, adult=None) -> tuple[np.ndarray, dict]:
         w_inject = np.concatenate([np.ones(n_tr), (np.arange(n_p) < k).astype(float)])
         inject = fit(X_all, np.concatenate([sp["y_train"], y0]), w_inject)
         y_flip = sp["y_train"].copy()  # k distinct training labels flipped uniformly at random
-        y_flip[rng.choice(n_tr, size=k, replace=False)] *= -1
+        flip = rng.choice(n_tr, size=k, replace=False)
+        y_flip[flip] = 1 - y_flip[flip]
         w_flip = np.concatenate([np.ones(n_tr), np.zeros(n_p)])
         flipped = fit(X_all, np.concatenate([y_flip, y0]), w_flip)
         out[i] = [clean, report(res.block_params[k - 1]), report(inject), report(flipped)]
@@ -170,7 +171,7 @@ def _one_repeat(args, seed: int, adult=None) -> tuple[np.ndarray, dict]:
              "n_features": int(sp["X_train"].shape[1]), "n_poison": counts, "reg": reg,
              "box": [float(sp["X_val"].min()), float(sp["X_val"].max())],
              "privileged_fraction_train": float(np.mean(sp["g_train"])),
-             "objective_clean": res.objective_clean, "objective_poisoned": res.objective_poisoned,
+             "objective_clean": res.objective_clean, "objective_poisoned": res.objective,
              "attack_seconds": seconds, "compile_seconds": float(res.compile_seconds),
              "steps_total": int(res.n_steps.sum()), "steps_max_hit": int(np.sum(res.n_steps >= args.steps))}
     return out, facts
@@ -198,7 +199,7 @@ def run(args) -> dict[str, Any]:
                                                      min(args.n_test, 500))
     adult = None
     if args.dataset == "adult":
-        from poisoning.data import load_adult
+        from poisoning.datasets import load_adult
 
         adult = load_adult(_cli.resolve_data_dir(args.data_dir))
     config = _config(args)

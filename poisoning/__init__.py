@@ -1,51 +1,71 @@
-"""poisoning: data-poisoning attacks written as upper-level objectives over victim learners.
+"""poisoning: data-poisoning attacks as objectives over differentiable victims, one driver for all.
 
-- :mod:`poisoning.attack` — :class:`~poisoning.attack.Learner` (victim training, differentiable in the
-  training features), :class:`~poisoning.attack.PoisoningAttack` (learner + objective + feasible set +
-  step rule) and :func:`~poisoning.attack.run` (sequential or joint projected hypergradient ascent);
-- :mod:`poisoning.objectives` — objectives to maximize (error-generic, error-specific);
-- :mod:`poisoning.feasible` — feasible sets with projections (box, balls, intersections);
-- :mod:`poisoning.attacks` — published attacks (Biggio 2012, Muñoz-González 2017, Koh 2022,
-  Jagielski 2018 and 2021, Solans 2020, label flipping);
-- :mod:`poisoning.fairness` — group-fairness metrics (demographic parity, disparate impact, average
-  odds, per-group rates);
-- :mod:`poisoning.defenses` — data sanitizers (sphere, slab, loss, k-NN) and their feasible regions;
-- :mod:`poisoning.data` — dataset loaders and paper protocols.
+- :mod:`poisoning.victims` — victims: data in, differentiable trained parameters out (SVMs through their
+  KKT map, smooth learners through the implicit function theorem, flax networks through unrolled
+  training), one label convention (integer classes ``0..K-1``);
+- :mod:`poisoning.attack` — the driver: :class:`~poisoning.attack.PoisoningAttack` (victim + objective +
+  feasible set + step rule), the poisons (:class:`~poisoning.attack.PoisonPoints`,
+  :class:`~poisoning.attack.LabelFlips`, :class:`~poisoning.attack.PoisonWeights`) and
+  :func:`~poisoning.attack.run`, on :mod:`bilevel.stackelberg`'s leader loop;
+- :mod:`poisoning.objectives` — objectives to maximize (error-generic, error-specific, ...);
+- :mod:`poisoning.feasible` — feasible sets and every projection;
+- :mod:`poisoning.attacks` — published attacks, each objective + feasible set + victim + a call;
+- :mod:`poisoning.defenses` — sanitizers and the evaluation of attacks against them;
+- :mod:`poisoning.fairness` — group-fairness metrics;
+- :mod:`poisoning.datasets` — dataset loaders (one module per source) and paper protocols.
 """
 
+from poisoning import victims
 from poisoning.attack import (
     AttackResult,
-    Learner,
+    LabelFlips,
     PoisoningAttack,
-    attack_objective,
+    PoisonPoints,
+    PoisonWeights,
+    attack_value,
     hypergradient,
-    linear_svm_learner,
-    logistic_learner,
-    ridge_learner,
     run,
-    run_stackelberg,
 )
-from poisoning.feasible import Box, FeasibleSet, Intersection, L2Ball, LinfBall, Unconstrained
-from poisoning.objectives import classification_error, error_generic, error_specific
+from poisoning.feasible import (
+    Box,
+    BoxL1Ball,
+    CappedSimplex,
+    FeasibleSet,
+    Intersection,
+    L1Ball,
+    L2Ball,
+    LinfBall,
+    Product,
+    SphereSlab,
+    Unconstrained,
+)
+from poisoning.objectives import classification_error, error_generic, error_specific, summed_loss
+from poisoning.victims import Victim
 
 __all__ = [
+    "victims",
+    "Victim",
     "AttackResult",
-    "Learner",
     "PoisoningAttack",
-    "attack_objective",
+    "PoisonPoints",
+    "LabelFlips",
+    "PoisonWeights",
+    "attack_value",
     "hypergradient",
-    "linear_svm_learner",
-    "logistic_learner",
-    "ridge_learner",
     "run",
-    "run_stackelberg",
-    "Box",
     "FeasibleSet",
-    "Intersection",
+    "Unconstrained",
+    "Box",
     "L2Ball",
     "LinfBall",
-    "Unconstrained",
-    "classification_error",
+    "L1Ball",
+    "BoxL1Ball",
+    "CappedSimplex",
+    "SphereSlab",
+    "Intersection",
+    "Product",
     "error_generic",
     "error_specific",
+    "summed_loss",
+    "classification_error",
 ]

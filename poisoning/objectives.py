@@ -1,10 +1,11 @@
 r"""Upper-level objectives of poisoning attacks: pure functions the attacker *maximizes*.
 
-Every objective has the signature ``objective(params, X_val, y_val, learner) -> scalar``, where
-``params`` are the victim's parameters after training on the poisoned set,
-:math:`w^\star(X_p) = \arg\min_w \mathcal L_{tr}(w; D_{tr} \cup D_p)`, and ``learner.loss(params, X, y)``
-is the learner's per-example surrogate loss (hinge for the SVM, cross-entropy for logistic
-regression, squared error for ridge). The attack solves
+Every objective has the signature ``objective(victim, params, *target) -> scalar``, where ``params``
+are the victim's parameters after training on the poisoned set,
+:math:`w^\star(X_p) = \arg\min_w \mathcal L_{tr}(w; D_{tr} \cup D_p)`, ``target`` the attacker's data
+(e.g. ``X_val, y_val``), and ``victim.loss(params, X, y)`` the victim's per-example surrogate loss (hinge
+for the SVM, cross-entropy for logistic regression and networks, squared error for regression). An
+objective written against the victim record runs unchanged against every victim. The attack solves
 
 .. math::  \max_{X_p \in \Phi} \; A(X_p) = \text{objective}\big(w^\star(X_p), D_{val}\big),
 
@@ -27,7 +28,7 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-__all__ = ["error_generic", "error_specific", "classification_error"]
+__all__ = ["error_generic", "error_specific", "summed_loss", "classification_error"]
 
 
 def _reduce(values, reduction):
@@ -38,18 +39,23 @@ def _reduce(values, reduction):
     raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
 
 
-def error_generic(params, X_val, y_val, learner, *, reduction: str = "mean"):
+def error_generic(victim, params, X_val, y_val, *, reduction: str = "mean"):
     r"""Validation loss :math:`\frac1{|V|}\sum_{k\in V} \ell(y_k, f_w(x_k))` (``"sum"``: without
     :math:`1/|V|`). Maximizing it degrades the victim on the whole distribution (Biggio et al. 2012)."""
-    return _reduce(learner.loss(params, X_val, y_val), reduction)
+    return _reduce(victim.loss(params, X_val, y_val), reduction)
 
 
-def error_specific(params, X_val, y_target, learner, *, reduction: str = "mean"):
+def error_specific(victim, params, X_val, y_target, *, reduction: str = "mean"):
     r"""Negated loss toward the attacker's labels, :math:`-\frac1{|V|}\sum_k \ell(y^{target}_k, f_w(x_k))`:
     maximizing it pushes the victim to predict ``y_target`` on ``X_val`` (Muñoz-González et al. 2017)."""
-    return -_reduce(learner.loss(params, X_val, y_target), reduction)
+    return -_reduce(victim.loss(params, X_val, y_target), reduction)
 
 
-def classification_error(params, X, y, learner):
+def summed_loss(victim, params, X_val, y_val):
+    r"""Biggio et al.'s eq. 2 for the SVM: :math:`L = \sum_k \ell(y_k, f(x_k))`, the per-example loss summed."""
+    return jnp.sum(victim.loss(params, X_val, y_val))
+
+
+def classification_error(victim, params, X, y):
     """0-1 error rate ``mean(predict(params, X) != y)`` (evaluation only; not differentiable)."""
-    return jnp.mean(learner.predict(params, X) != jnp.asarray(y))
+    return jnp.mean(victim.predict(params, X) != jnp.asarray(y))

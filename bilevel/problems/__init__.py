@@ -3,8 +3,8 @@
 Each loss is a mean over examples (optionally weighted) plus ``0.5 * sum(reg * w**2)``, with ``reg``
 a scalar or a per-feature array (a differentiable hyperparameter); intercepts are not penalized.
 Note: the softmax models (multiclass logistic, MLP) are invariant to a common shift of the output
-biases, so their Hessian is singular along that direction; give ``Implicit(ridge=...)`` a small
-damping, use CG (which works on the consistent singular system), or penalize the biases.
+biases, so their Hessian is singular along that direction; give the adjoint solver a small
+damping (``Implicit(linear_solver=CG(ridge=1e-6))``), use CG (which works on the consistent singular system), or penalize the biases.
 """
 
 from bilevel.problems.adaline import (
@@ -60,5 +60,7 @@ from bilevel.problems.svm import (
     smooth_hinge,
     svm_decision,
     svm_dual_fit,
+    svm_dual_fit_blocks,
+    svm_gram_block,
     svm_primal_loss,
 )

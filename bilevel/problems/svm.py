@@ -57,6 +57,8 @@ from bilevel.problems._common import (
 __all__ = [
     "SVMDualSolution",
     "svm_dual_fit",
+    "svm_dual_fit_blocks",
+    "svm_gram_block",
     "svm_decision",
     "hinge_loss",
     "smooth_hinge",
@@ -113,7 +115,8 @@ def svm_dual_fit(
     Args:
       X: ``(n, d)`` features.
       y: ``(n,)`` labels in ``{-1, +1}``.
-      C: scalar or per-example ``(n,)`` box constraint (``C_i > 0``).
+      C: scalar or per-example ``(n,)`` box constraint (``C_i >= 0``; ``C_i = 0`` forces ``alpha_i = 0``,
+        i.e. removes example ``i``).
       tol, maxiter, active_set_maxiter, on_failure: passed to :func:`bilevel.kkt.solve_qp`.
       warm_start: a previous :class:`SVMDualSolution` (or :class:`~bilevel.kkt.QPSolution`) of a
         nearby problem, e.g. the previous step of a poisoning attack.
@@ -134,14 +137,63 @@ def svm_dual_fit(
     if C.shape != (n,):
         raise ValueError(f"argument 'C' has shape {tuple(C.shape)}, expected () or ({n},)")
     validate_finite("C", C)
-    if _is_concrete(C) and np.any(np.asarray(C) <= 0):
-        raise ValueError("argument 'C' must be positive")
+    if _is_concrete(C) and (np.any(np.asarray(C) < 0) or not np.any(np.asarray(C) > 0)):
+        raise ValueError("argument 'C' must be non-negative with a positive entry (C_i = 0 removes example i)")
     if isinstance(warm_start, SVMDualSolution):
         warm_start = warm_start.qp
 
     Z = y[:, None] * X
     return _svm_dual_from_gram(X, y, C, Z @ Z.T, tol=tol, maxiter=maxiter, active_set_maxiter=active_set_maxiter,
                                warm_start=warm_start, on_failure=on_failure)
+
+
+def svm_gram_block(X, y):
+    r"""The loop-invariant pieces of a fixed training block: ``(Q_tt, Z_t)`` with ``Z_t = diag(y) X`` and
+    ``Q_tt = Z_t Z_t'`` (labels in ``{-1, +1}``); the ``cache`` of :func:`svm_dual_fit_blocks`."""
+    X = jnp.asarray(X)
+    Z = jnp.asarray(y, X.dtype)[:, None] * X
+    return Z @ Z.T, Z
+
+
+def svm_dual_fit_blocks(cache, X_fixed, y_fixed, X_new, y_new, C=1.0, *, tol: Optional[float] = None,
+                        maxiter: int = 100, active_set_maxiter: int = 50, warm_start=None,
+                        on_failure: str = "raise") -> SVMDualSolution:
+    r""":func:`svm_dual_fit` on the rows of ``X_fixed`` followed by those of ``X_new``, reusing the fixed
+    block's Gram matrix ``cache = svm_gram_block(X_fixed, y_fixed)``.
+
+    The dual's :math:`Q = \mathrm{diag}(y) X X^\top \mathrm{diag}(y)` is assembled blockwise,
+
+    .. math::  Q = \begin{pmatrix} Q_{tt} & Z_t Z_p^\top \\ Z_p Z_t^\top & Z_p Z_p^\top \end{pmatrix},
+
+    so a caller that changes only the new rows (a poisoning attack moving its points) recomputes and
+    differentiates only the :math:`(m, n_t)` and :math:`(m, m)` blocks, and :math:`w = X^\top(\alpha y)` is
+    computed blockwise without re-laying out the constant block. Same solution as :func:`svm_dual_fit`
+    on the concatenated data; differentiable in ``X_new`` (and ``C``) through the KKT map. ``C`` is a
+    scalar or one entry per row of both blocks. Labels in ``{-1, +1}``; the caller validates.
+    """
+    Q_tt, Z_t = cache
+    dtype = jnp.result_type(X_fixed, float)
+    X_fixed = jnp.asarray(X_fixed, dtype)
+    X_new = jnp.asarray(X_new, dtype)
+    y_fixed, y_new = jnp.asarray(y_fixed, dtype), jnp.asarray(y_new, dtype)
+    Z_p = y_new[:, None] * X_new
+    Q_pt = (Z_t @ Z_p.T).T  # (m, n_t); Z_t in its stored layout (no per-step transpose of the constant)
+    Q = jnp.concatenate([jnp.concatenate([Q_tt, Q_pt.T], axis=1),
+                         jnp.concatenate([Q_pt, Z_p @ Z_p.T], axis=1)], axis=0)
+    X = jnp.concatenate([X_fixed, X_new], axis=0)
+    y = jnp.concatenate([y_fixed, y_new])
+    n, n_t = X.shape[0], X_fixed.shape[0]
+    C = jnp.asarray(C, dtype)
+    if C.ndim == 0:
+        C = jnp.broadcast_to(C, (n,))
+    if isinstance(warm_start, SVMDualSolution):
+        warm_start = warm_start.qp
+
+    def primal(v):  # X' v blockwise
+        return v[:n_t] @ X_fixed + v[n_t:] @ X_new
+
+    return _svm_dual_from_gram(X, y, C, Q, tol=tol, maxiter=maxiter, active_set_maxiter=active_set_maxiter,
+                               warm_start=warm_start, on_failure=on_failure, primal=primal)
 
 
 def _svm_dual_from_gram(X, y, C, Q, *, tol=None, maxiter=100, active_set_maxiter=50, warm_start=None,

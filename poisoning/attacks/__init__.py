@@ -1,31 +1,26 @@
-"""Published poisoning attacks built on :mod:`poisoning.attack` (one module per paper).
+"""Published poisoning attacks, each a small module: an objective, a feasible set, a victim and a call
+of the one driver (:func:`poisoning.attack.run`).
 
-- :mod:`~poisoning.attacks.biggio2012`: SVM poisoning through the dual's KKT conditions (binary and one-vs-rest);
-- :mod:`~poisoning.attacks.munoz2017`: gradient poisoning of softmax LR / MLP / Adaline (implicit or back-gradient);
-- :mod:`~poisoning.attacks.label_flip`: random, relaxed-bilevel optimized and greedy label flipping;
-- :mod:`~poisoning.attacks.koh2022`: influence attack projected onto the sanitizers' feasible region;
-- :mod:`~poisoning.attacks.jagielski2018`: regression poisoning (OptP, BGD, StatP) and the TRIM defense;
-- :mod:`~poisoning.attacks.subpopulation`: FeatureMatch / ClusterMatch subpopulation attacks (Jagielski 2021);
-- :mod:`~poisoning.attacks.solans2020`: fairness poisoning of logistic regression (disparate-impact surrogate),
-  Zafar-style synthetic data (Solans, Biggio & Castillo 2020).
+- :mod:`~poisoning.attacks.biggio2012` — Biggio, Nelson & Laskov 2012 (linear SVM, KKT hypergradients);
+- :mod:`~poisoning.attacks.munoz2017` — Muñoz-González et al. 2017 (error-generic / -specific,
+  implicit or back-gradient hypergradients);
+- :mod:`~poisoning.attacks.label_flip` — random, optimized (relaxed bilevel) and greedy label flips;
+- :mod:`~poisoning.attacks.koh2022` — Koh, Steinhardt & Liang 2022 (influence and KKT attacks against
+  sanitizers);
+- :mod:`~poisoning.attacks.jagielski2018` — Jagielski et al. 2018 regression poisoning (OptP, BGD, StatP);
+- :mod:`~poisoning.attacks.solans2020` — Solans, Biggio & Castillo 2020 fairness poisoning;
+- :mod:`~poisoning.attacks.subpopulation` — Jagielski et al. 2021 subpopulation attacks.
+
+Submodules are imported on first use (``poisoning.attacks.biggio2012``), so importing one attack does
+not import them all.
 """
 
-from poisoning.attacks.biggio2012 import (
-    biggio_attack,
-    clone_and_flip,
-    ovr_attack,
-    ovr_svm_learner,
-    poison_svm,
-    validation_hinge,
-)
+import importlib
 
-from poisoning.attacks import (  # noqa: E402  (submodules, one per paper)
-    jagielski2018,
-    koh2022,
-    label_flip,
-    munoz2017,
-    solans2020,
-    subpopulation,
-)
+__all__ = ["biggio2012", "munoz2017", "label_flip", "koh2022", "jagielski2018", "solans2020", "subpopulation"]
 
-__all__ = ["biggio_attack", "clone_and_flip", "ovr_attack", "ovr_svm_learner", "poison_svm", "validation_hinge"]
+
+def __getattr__(name):
+    if name in __all__:
+        return importlib.import_module(f"poisoning.attacks.{name}")
+    raise AttributeError(f"module 'poisoning.attacks' has no attribute {name!r}")

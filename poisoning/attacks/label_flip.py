@@ -1,25 +1,32 @@
 r"""Label-flipping attacks under a budget: random flips, a relaxed bilevel attack and a greedy baseline.
 
-The attacker may change the labels of at most ``budget`` training points (binary labels :math:`\pm1`)
-and wants the *retrained* victim to do badly on validation data. With per-example flip variables
-:math:`q_i \in \{0, 1\}` the problem is
+The attacker may change the labels of at most ``budget`` training points (binary labels 0/1; a flip
+is :math:`y \mapsto 1 - y`) and wants the *retrained* victim to do badly on validation data. With
+per-example flip variables :math:`q_i \in \{0, 1\}` the problem is
 
 .. math::
 
     \max_{q \in \{0,1\}^n,\ \sum_i q_i \le B} \; A\big(w^\star(q)\big), \qquad
-    w^\star(q) = \arg\min_w \sum_i (1 - q_i)\,\ell(w; x_i, y_i) + q_i\,\ell(w; x_i, -y_i) + \Omega(w),
+    w^\star(q) = \arg\min_w \sum_i (1 - q_i)\,\ell(w; x_i, y_i) + q_i\,\ell(w; x_i, 1 - y_i) + \Omega(w),
 
 (Biggio, Nelson & Laskov 2011; Xiao, Xiao & Eckert 2012, "ALFA"). Relaxing :math:`q` to
 :math:`[0, 1]^n` turns the training loss into a weighted loss over the doubled set
-:math:`\{(x_i, y_i)\} \cup \{(x_i, -y_i)\}` with weights :math:`(1 - q, q)`; ``Learner.fit`` accepts
-example weights, so :math:`w^\star(q)` comes from :func:`bilevel.minimize` with
-:class:`~bilevel.Implicit` (logistic or ridge victim) and :math:`\nabla_q A` from the implicit function
-theorem. :func:`optimized_label_flip` runs projected gradient ascent on the capped simplex
-:math:`\{q \in [0,1]^n, \sum q \le B\}` (:func:`project_capped_simplex`) and rounds the top-``B``
-entries to flips (keeping the best rounding seen along the path). :func:`greedy_label_flip` is the
-first-order greedy baseline: at the current hard flip set it scores every unflipped point by
-:math:`\partial A / \partial q_i` (an influence-function estimate of the gain of flipping it) and
-flips the ``rescore_every`` best, then re-scores.
+:math:`\{(x_i, y_i)\} \cup \{(x_i, 1 - y_i)\}` with weights :math:`(1 - q, q)`: the poison
+:class:`~poisoning.attack.LabelFlips`, whose hypergradient :math:`\nabla_q A` comes through the
+victim's training (the implicit function theorem for a smooth victim, e.g.
+:func:`poisoning.victims.logistic`). Composed here:
+
+- :func:`optimized_label_flip`: projected ascent on the capped simplex
+  :math:`\{q \in [0,1]^n, \sum q \le B\}` (:class:`~poisoning.feasible.CappedSimplex`) with the
+  accept-or-halve rule :class:`~bilevel.stackelberg.Backtrack` (steps :math:`t\,g/\|g\|_\infty`; a
+  step that lowers the relaxed objective is retried from the last accepted point with half the
+  length); every iterate is scored by the objective of the victim *retrained on its top-``B``
+  rounding* (the attack's ``select``), so the best rounding seen is returned;
+- :func:`greedy_label_flip`: the first-order greedy baseline, :class:`~bilevel.stackelberg.Greedy` on
+  the same poison: at the current hard flip set every unflipped point is scored by
+  :math:`\partial A / \partial q_i` (an influence-function estimate of the gain of flipping it) and the
+  ``rescore_every`` best are flipped, then re-scored;
+- :func:`random_label_flip`: the random baseline (binary or multiclass).
 
 References
 ----------
@@ -30,294 +37,210 @@ References
 
 from __future__ import annotations
 
-import dataclasses
-import time
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from poisoning.attack import Learner
+from bilevel.stackelberg import Backtrack, Greedy
+from poisoning.attack import AttackResult, LabelFlips, PoisoningAttack, run
+from poisoning.feasible import Box, CappedSimplex
 from poisoning.objectives import error_generic
+from poisoning.victims import Victim, check_features
 
 __all__ = [
     "random_label_flip",
-    "project_capped_simplex",
-    "flip_objective",
     "flipped_labels",
-    "LabelFlipResult",
+    "top_flips",
+    "optimized_flip_attack",
+    "greedy_flip_attack",
     "optimized_label_flip",
     "greedy_label_flip",
 ]
 
 
-# ----------------------------------------------------------------------------------------------------
-# random flips
-# ----------------------------------------------------------------------------------------------------
-def _check_budget(budget, n):
+def _check_budget(budget, n, minimum=0):
     if isinstance(budget, bool) or int(budget) != budget:
-        raise ValueError(f"budget must be an integer, got {budget!r}")
+        raise ValueError(f"argument 'budget' must be an integer, got {budget!r}")
     budget = int(budget)
-    if budget < 0 or budget > n:
-        raise ValueError(f"budget must be in [0, {n}] (the number of training labels), got {budget}")
+    if budget < minimum or budget > n:
+        raise ValueError(f"argument 'budget' must be in [{minimum}, {n}] (the number of training labels), got {budget}")
     return budget
 
 
+# ----------------------------------------------------------------------------------------------------
+# random flips
+# ----------------------------------------------------------------------------------------------------
 def random_label_flip(y, budget: int, key, n_classes: int | None = None, *, return_indices: bool = False):
     """Flip exactly ``budget`` labels of ``y`` chosen uniformly at random without replacement.
 
-    Binary (``n_classes=None``): labels are :math:`\\pm1` and a flip changes the sign. Multiclass
-    (``n_classes=K``): labels in ``{0, ..., K-1}``; each chosen label moves to a different class drawn
-    uniformly among the other ``K - 1``. Deterministic given ``key``. Returns the new labels (same
-    dtype as ``y``), and the flipped indices (sorted) when ``return_indices``.
+    Binary (``n_classes=None``): labels 0/1 and a flip is ``1 - y``. Multiclass (``n_classes=K``):
+    labels in ``{0, ..., K-1}``; each chosen label moves to a different class drawn uniformly among the
+    other ``K - 1``. Deterministic given ``key``. Returns the new labels (same dtype as ``y``), and the
+    flipped indices (sorted) when ``return_indices``.
     """
     y = jnp.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"argument 'y' must be a 1-D array of labels, got shape {tuple(y.shape)}")
     n = y.shape[0]
     budget = _check_budget(budget, n)
+    if n_classes is not None and (isinstance(n_classes, bool) or int(n_classes) < 2):
+        raise ValueError(f"argument 'n_classes' must be an integer >= 2 or None, got {n_classes!r}")
+    K = 2 if n_classes is None else int(n_classes)
+    a = np.asarray(y)
+    if a.size and (np.any(a != np.round(a)) or a.min() < 0 or a.max() > K - 1):
+        hint = " (binary labels are 0/1 here, not -1/+1)" if K == 2 and np.any(a == -1) else ""
+        raise ValueError(f"argument 'y' must hold integer class labels in {{0, ..., {K - 1}}}{hint}")
     k_idx, k_cls = jax.random.split(key)
     idx = jnp.sort(jax.random.choice(k_idx, n, (budget,), replace=False))
     if n_classes is None:
-        y_new = y.at[idx].set(-y[idx])
+        y_new = y.at[idx].set((1 - y[idx]).astype(y.dtype))
     else:
-        if n_classes < 2:
-            raise ValueError(f"n_classes must be >= 2, got {n_classes}")
-        shift = jax.random.randint(k_cls, (budget,), 1, n_classes)
-        y_new = y.at[idx].set(((y[idx] + shift) % n_classes).astype(y.dtype))
+        shift = jax.random.randint(k_cls, (budget,), 1, K)
+        y_new = y.at[idx].set(((y[idx] + shift) % K).astype(y.dtype))
     return (y_new, idx) if return_indices else y_new
 
 
-# ----------------------------------------------------------------------------------------------------
-# capped simplex projection
-# ----------------------------------------------------------------------------------------------------
-def project_capped_simplex(v, budget, *, iters: int = 100):
-    r"""Euclidean projection of ``v`` onto :math:`\{q \in [0, 1]^n : \sum_i q_i \le B\}`.
-
-    If :math:`\mathrm{clip}(v, 0, 1)` already satisfies the budget it is the answer; otherwise the
-    budget is active and the projection is :math:`\mathrm{clip}(v - \tau, 0, 1)` with the threshold
-    :math:`\tau > 0` solving :math:`\sum_i \mathrm{clip}(v_i - \tau, 0, 1) = B` (a monotone scalar
-    equation, solved by ``iters`` bisection steps and a final exact step on the identified free set).
-    Pure jnp; jit-able.
-    """
-    v = jnp.asarray(v)
-    dtype = jnp.result_type(v, float)
-    v = v.astype(dtype)
-    B = jnp.asarray(budget, dtype)
-    clipped = jnp.clip(v, 0.0, 1.0)
-    s = lambda tau: jnp.sum(jnp.clip(v - tau, 0.0, 1.0))
-
-    lo = jnp.asarray(0.0, dtype)                      # s(lo) > B when the budget is active
-    hi = jnp.maximum(jnp.max(v), 0.0)                 # s(hi) = 0 <= B
-
-    def body(_, c):
-        lo, hi = c
-        mid = 0.5 * (lo + hi)
-        big = s(mid) > B
-        return jnp.where(big, mid, lo), jnp.where(big, hi, mid)
-
-    lo, hi = jax.lax.fori_loop(0, iters, body, (lo, hi))
-    tau = 0.5 * (lo + hi)
-    # exact refinement: with the saturated/zero sets fixed, sum = n_one + sum_free (v - tau) = B
-    one = v - tau >= 1.0
-    free = (v - tau > 0.0) & ~one
-    n_free = jnp.sum(free)
-    tau_exact = (jnp.sum(jnp.where(free, v, 0.0)) + jnp.sum(one) - B) / jnp.maximum(n_free, 1)
-    q_exact = jnp.clip(v - tau_exact, 0.0, 1.0)
-    ok = (n_free > 0) & (jnp.abs(jnp.sum(q_exact) - B) <= jnp.abs(s(tau) - B))
-    q_active = jnp.where(ok, q_exact, jnp.clip(v - tau, 0.0, 1.0))
-    return jnp.where(jnp.sum(clipped) <= B, clipped, q_active)
-
-
-# ----------------------------------------------------------------------------------------------------
-# the relaxed bilevel objective
-# ----------------------------------------------------------------------------------------------------
-_project_jit = jax.jit(project_capped_simplex, static_argnames=("iters",))
-
-
-def _check_binary(y):
-    y = np.asarray(y)
-    if not np.all(np.isin(y, (-1, 1))):
-        raise ValueError("label flipping by optimization needs binary labels in {-1, +1}")
-
-
-def flip_objective(q, X_train, y_train, X_val, y_val, learner: Learner, objective: Callable = error_generic):
-    r"""The relaxed attack objective :math:`A(w^\star(q))`: the victim trained on the doubled set
-    :math:`[X; X]`, labels :math:`[y; -y]`, weights :math:`[1 - q; q]` (``q = 0`` is the clean
-    problem, ``q_i = 1`` flips label ``i``), scored by ``objective(params, X_val, y_val, learner)``
-    (default: mean validation loss). Differentiable in ``q`` (``learner.fit`` runs
-    :func:`bilevel.minimize` with :class:`~bilevel.Implicit` for the logistic and ridge learners).
-    Returns ``(value, params)``."""
-    X = jnp.asarray(X_train)
-    y = jnp.asarray(y_train, X.dtype)
-    q = jnp.asarray(q, X.dtype)
-    X2 = jnp.concatenate([X, X], axis=0)
-    y2 = jnp.concatenate([y, -y])
-    sw = jnp.concatenate([1.0 - q, q])
-    params = learner.fit(X2, y2, sw)
-    return objective(params, jnp.asarray(X_val, X.dtype), jnp.asarray(y_val, X.dtype), learner), params
-
-
 def flipped_labels(y, flip_mask):
-    """``y`` with the labels at ``flip_mask`` (bool ``(n,)``) negated."""
+    """Binary labels ``y`` (0/1) with the labels at ``flip_mask`` (bool or 0/1, ``(n,)``) flipped to ``1 - y``."""
     y = np.asarray(y)
-    return np.where(np.asarray(flip_mask, bool), -y, y)
+    return np.where(np.asarray(flip_mask) > 0.5, 1 - y, y)
 
 
-def _top_mask(scores, k, allowed=None):
-    scores = np.asarray(scores, np.float64).copy()
-    if allowed is not None:
-        scores[~allowed] = -np.inf
-    order = np.argsort(-scores, kind="stable")[:k]
-    mask = np.zeros(scores.shape[0], bool)
-    mask[order] = True
-    return mask
+def top_flips(q, budget: int):
+    """The hard flip set of relaxed flips ``q``: 1 at the ``budget`` largest entries (ties: the lower
+    index first), 0 elsewhere. jit-able (``budget`` static)."""
+    q = jnp.asarray(q)
+    _, idx = jax.lax.top_k(q, int(budget))
+    return jnp.zeros_like(q).at[idx].set(1.0)
 
 
-@dataclasses.dataclass(frozen=True)
-class LabelFlipResult:
-    """Outcome of an optimized label-flip attack.
-
-    Attributes:
-      flip_mask: bool ``(n,)``, exactly ``budget`` True entries (the flipped training points).
-      y_poisoned: training labels after the flips.
-      objective_clean: the attack objective of the victim trained on clean labels.
-      objective_poisoned: the objective of the victim retrained on ``y_poisoned`` (hard flips).
-      q: the relaxed flip variables at the end (``optimized``) or the 0/1 mask (``greedy``).
-      relaxed_history: relaxed objective per ascent step (``optimized``; empty for ``greedy``).
-      rounded_history: hard (rounded, retrained) objective per step / per greedy round.
-      seconds: wall time of the attack (including compilation).
-    """
-
-    flip_mask: np.ndarray
-    y_poisoned: np.ndarray
-    objective_clean: float
-    objective_poisoned: float
-    q: np.ndarray
-    relaxed_history: np.ndarray
-    rounded_history: np.ndarray
-    seconds: float
+# ----------------------------------------------------------------------------------------------------
+# the attacks
+# ----------------------------------------------------------------------------------------------------
+def _fit_flips(victim: Victim, flips, X, y):
+    """The victim retrained (cold start) on ``(X, y)`` with the labels at ``flips`` (0/1) flipped."""
+    dtype = X.dtype
+    X2 = jnp.concatenate([X, X], axis=0)
+    y2 = victim.encode(jnp.concatenate([y, 1 - y]), dtype)
+    return victim.fit_fn(X2, y2, jnp.concatenate([1.0 - flips, flips]).astype(dtype), None)
 
 
-def _flip_value(q, X, y, Xv, yv, learner, objective):
-    return flip_objective(q, X, y, Xv, yv, learner, objective)[0]
+def _validation_only(objective):
+    """``objective(victim, params, X_val, y_val)`` accepting (and ignoring) the training set that the
+    optimized attack also passes as target (its ``select`` retrains on it)."""
+
+    def on_validation(victim, params, X_val, y_val, X_train, y_train):
+        return objective(victim, params, X_val, y_val)
+
+    return on_validation
 
 
-# compiled once per (learner, objective, shapes): the data are arguments, not constants
-_value = jax.jit(_flip_value, static_argnums=(5, 6))
-_value_and_grad = jax.jit(jax.value_and_grad(_flip_value), static_argnums=(5, 6))
+@functools.lru_cache(maxsize=32)
+def optimized_flip_attack(victim: Victim, budget: int, objective: Callable = error_generic, *,
+                          step_size: float = 0.5, min_step: float = 1e-4) -> PoisoningAttack:
+    r"""The relaxed label-flip attack: poison :class:`~poisoning.attack.LabelFlips`, feasible set
+    ``CappedSimplex(budget)``, step rule ``Backtrack(step_size, normalization="inf", strict=False,
+    min_step=min_step)`` (accept an iterate that does not lower the relaxed objective, else halve the
+    step from the last accepted one; stop once the step is below ``min_step``), no gain tolerance, and
+    ``select`` = ``objective`` of the victim retrained on the top-``budget`` rounding of each iterate.
+    Its target is ``(X_val, y_val, X_train, y_train)`` (the rounding retrains on the training set).
+    Memoized: equal settings share one attack."""
+    budget = int(budget)
+    if budget < 1:
+        raise ValueError(f"argument 'budget' must be >= 1, got {budget}")
+    rule = Backtrack(init_step=float(step_size), shrink=0.5, min_step=float(min_step), tol=0.0,
+                     normalization="inf", strict=False)
+
+    def rounded(victim, params, q, X_val, y_val, X_train, y_train):
+        return objective(victim, _fit_flips(victim, top_flips(q, budget), X_train, y_train), X_val, y_val)
+
+    return PoisoningAttack(victim, _validation_only(objective), CappedSimplex(float(budget)), step=rule,
+                           gain_tol=None, select=rounded)
 
 
-def _make_fns(learner, objective, X, y, Xv, yv):
-    vg = lambda q: _value_and_grad(q, X, y, Xv, yv, learner, objective)
-    val = lambda q: vg(q)[0]  # one compiled function for both (saves a compile on small problems)
-    return vg, val
+def _greedy_shares(budget: int, k: int) -> tuple:
+    # rounds of k flips, the last one what is left (the driver evaluates the flip set after every round)
+    return (k,) * (budget // k) + ((budget % k,) if budget % k else ())
 
 
-def _prep(X_train, y_train, X_val, y_val, budget):
-    _check_binary(y_train)
-    dtype = jnp.result_type(float)
-    X, Xv = jnp.asarray(X_train, dtype), jnp.asarray(X_val, dtype)
-    y, yv = jnp.asarray(y_train, dtype), jnp.asarray(y_val, dtype)
-    return X, y, Xv, yv, _check_budget(budget, X.shape[0])
-
-
-def optimized_label_flip(X_train, y_train, X_val, y_val, budget: int, learner: Learner, *,
-                         objective: Callable = error_generic, steps: int = 50, step_size: float = 0.5,
-                         q_init=None) -> LabelFlipResult:
-    r"""Relaxed bilevel label flipping: projected gradient ascent on :math:`q` over the capped simplex.
-
-    Each step moves :math:`q \leftarrow P(q + t\, g / \|g\|_\infty)` with :math:`g = \nabla_q A`
-    (implicit hypergradient through the retrained ``learner``, a smooth one: logistic or ridge) and
-    :math:`P` = :func:`project_capped_simplex`; the step ``t`` halves whenever the relaxed objective
-    does not improve. After every step the top-``budget`` entries of :math:`q` are rounded to hard
-    flips and the victim is retrained on them; the best rounding seen is returned (so the result is
-    never worse than the rounding of the start, ``q_init``, default uniform ``budget / n``).
-    """
-    t0 = time.perf_counter()
-    X, y, Xv, yv, B = _prep(X_train, y_train, X_val, y_val, budget)
-    n = X.shape[0]
-    if learner.train_loss is None:
-        raise ValueError(f"optimized_label_flip needs a smooth learner (logistic/ridge), got {learner.name}")
-    vg, val = _make_fns(learner, objective, X, y, Xv, yv)
-    proj = lambda v: _project_jit(v, B)
-    obj_clean = float(val(jnp.zeros((n,), X.dtype)))
-    if B == 0:
-        z = np.zeros(n, bool)
-        return LabelFlipResult(z, np.asarray(y), obj_clean, obj_clean, np.zeros(n), np.zeros(0), np.zeros(0),
-                               time.perf_counter() - t0)
-
-    q = jnp.full((n,), B / n, X.dtype) if q_init is None else proj(jnp.asarray(q_init, X.dtype))
-    relaxed, rounded = [], []
-    best_mask, best_val = None, -np.inf
-    eta = float(step_size)
-    prev = -np.inf
-    q_prev, g_prev = q, None
-    for _ in range(int(steps) + 1):
-        v, g = vg(q)
-        v = float(v)
-        if v < prev and g_prev is not None:  # no improvement: back off from the previous point
-            eta *= 0.5
-            q, g = q_prev, g_prev
-            v = prev
-        else:
-            relaxed.append(v)
-            mask = _top_mask(np.asarray(q), B)
-            hv = float(val(jnp.asarray(mask, X.dtype)))
-            rounded.append(hv)
-            if hv > best_val:
-                best_val, best_mask = hv, mask
-        prev, q_prev, g_prev = v, q, g
-        gn = float(jnp.max(jnp.abs(g)))
-        if not np.isfinite(gn) or gn == 0.0 or eta < 1e-4:
-            break
-        q = proj(q + eta * g / gn)
-
-    return LabelFlipResult(
-        flip_mask=best_mask,
-        y_poisoned=flipped_labels(y, best_mask),
-        objective_clean=obj_clean,
-        objective_poisoned=best_val,
-        q=np.asarray(q_prev),
-        relaxed_history=np.asarray(relaxed),
-        rounded_history=np.asarray(rounded),
-        seconds=time.perf_counter() - t0,
-    )
-
-
-def greedy_label_flip(X_train, y_train, X_val, y_val, budget: int, learner: Learner, *,
-                      objective: Callable = error_generic, rescore_every: int = 1) -> LabelFlipResult:
-    r"""Greedy first-order label flipping (influence-style baseline).
-
-    Starting from no flips, score every unflipped point by :math:`\partial A/\partial q_i` at the
-    current hard flip set (the linearized gain of flipping it, from one implicit hypergradient),
-    flip the ``rescore_every`` best-scoring points, and re-score; stop at ``budget`` flips.
-    """
-    t0 = time.perf_counter()
-    X, y, Xv, yv, B = _prep(X_train, y_train, X_val, y_val, budget)
-    n = X.shape[0]
-    k = int(rescore_every)
+@functools.lru_cache(maxsize=32)
+def greedy_flip_attack(victim: Victim, budget: int, objective: Callable = error_generic, *,
+                       rescore_every: int = 1) -> PoisoningAttack:
+    """The greedy label-flip attack: poison :class:`~poisoning.attack.LabelFlips` started at no flips,
+    step rule ``Greedy(shares=(k, k, ..., rest), exclude_active=True)`` with ``k = rescore_every`` (each
+    round flips the ``k`` unflipped points of largest :math:`\\partial A/\\partial q_i`), feasible set
+    ``Box(0, 1)``, the last iterate returned (``return_best=False``). Target ``(X_val, y_val)``."""
+    budget, k = int(budget), int(rescore_every)
+    if budget < 1:
+        raise ValueError(f"argument 'budget' must be >= 1, got {budget}")
     if k < 1:
-        raise ValueError(f"rescore_every must be >= 1, got {rescore_every}")
-    if learner.train_loss is None:
-        raise ValueError(f"greedy_label_flip needs a smooth learner (logistic/ridge), got {learner.name}")
-    vg, _ = _make_fns(learner, objective, X, y, Xv, yv)
-    mask = np.zeros(n, bool)
-    v, g = vg(jnp.zeros((n,), X.dtype))
-    obj_clean = float(v)
-    rounded = []
-    while mask.sum() < B:
-        take = min(k, B - int(mask.sum()))
-        mask |= _top_mask(np.asarray(g), take, allowed=~mask)
-        v, g = vg(jnp.asarray(mask, X.dtype))
-        rounded.append(float(v))
-    final = rounded[-1] if rounded else obj_clean
-    return LabelFlipResult(
-        flip_mask=mask,
-        y_poisoned=flipped_labels(y, mask),
-        objective_clean=obj_clean,
-        objective_poisoned=final,
-        q=mask.astype(np.float64),
-        relaxed_history=np.zeros(0),
-        rounded_history=np.asarray(rounded),
-        seconds=time.perf_counter() - t0,
-    )
+        raise ValueError(f"argument 'rescore_every' must be >= 1, got {rescore_every}")
+    return PoisoningAttack(victim, objective, Box(0.0, 1.0),
+                           step=Greedy(shares=_greedy_shares(budget, k), exclude_active=True),
+                           gain_tol=None, return_best=False)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _hard_value(victim, objective, flips, X, y, X_val, y_val):
+    params = _fit_flips(victim, flips, X, y)
+    return objective(victim, params, X_val, y_val), params
+
+
+def _check_inputs(victim, fn, X_val, y_val):
+    if not isinstance(victim, Victim):
+        raise ValueError(f"argument 'victim' must be a poisoning.victims.Victim, got {type(victim).__name__}")
+    if victim.task != "binary" or victim.train_loss is None:
+        raise ValueError(f"{fn} needs a smooth binary victim (e.g. poisoning.victims.logistic), got {victim.name}")
+    X_val = check_features(np.asarray(X_val), "X_val")
+    victim.check_labels(np.asarray(y_val), "y_val", X_val.shape[0])
+
+
+def _hard_result(res: AttackResult, victim, objective, flips, X_train, y_train, X_val, y_val) -> AttackResult:
+    """``res`` with the hard flips: poison, params and objective of the victim retrained on them, and the
+    clean victim (no flips)."""
+    X, y = jnp.asarray(np.asarray(X_train), jnp.result_type(float)), jnp.asarray(np.asarray(y_train))
+    Xv, yv = jnp.asarray(np.asarray(X_val), X.dtype), jnp.asarray(np.asarray(y_val))
+    f = jnp.asarray(flips, X.dtype)
+    value, params = _hard_value(victim, objective, f, X, y, Xv, yv)
+    clean, params_clean = _hard_value(victim, objective, jnp.zeros_like(f), X, y, Xv, yv)
+    return res._replace(poison=LabelFlips(np.asarray(f)), params=params, objective=float(value),
+                        params_clean=params_clean, objective_clean=float(clean))
+
+
+def optimized_label_flip(X_train, y_train, X_val, y_val, budget: int, victim: Victim, *,
+                         objective: Callable = error_generic, steps: int = 50, step_size: float = 0.5,
+                         q_init=None) -> AttackResult:
+    r"""Relaxed bilevel label flipping (:func:`optimized_flip_attack` run by :func:`poisoning.attack.run`).
+
+    Starts at ``q_init`` (default uniform ``budget / n``), at most ``steps`` steps. Returns an
+    :class:`~poisoning.attack.AttackResult` whose ``poison`` is the best *hard* flip set seen (``poison.q``
+    0/1, exactly ``budget`` ones), ``params`` / ``objective`` the victim retrained on it,
+    ``params_clean`` / ``objective_clean`` the victim without flips; ``history`` is the relaxed
+    objective at every evaluated iterate (rejected ones included). Labels 0/1;
+    :func:`flipped_labels` gives the poisoned labels."""
+    _check_inputs(victim, "optimized_label_flip", X_val, y_val)
+    n = int(np.shape(X_train)[0])
+    B = _check_budget(budget, n, minimum=1)
+    attack = optimized_flip_attack(victim, B, objective, step_size=float(step_size))
+    q0 = np.full((n,), B / n) if q_init is None else np.asarray(q_init, float)
+    res = run(attack, X_train, y_train, LabelFlips(q0), (X_val, y_val, X_train, y_train), steps=int(steps))
+    flips = top_flips(jnp.asarray(res.poison.q), B)
+    return _hard_result(res, victim, objective, flips, X_train, y_train, X_val, y_val)
+
+
+def greedy_label_flip(X_train, y_train, X_val, y_val, budget: int, victim: Victim, *,
+                      objective: Callable = error_generic, rescore_every: int = 1) -> AttackResult:
+    r"""Greedy first-order label flipping (:func:`greedy_flip_attack` run by :func:`poisoning.attack.run`):
+    from no flips, flip the ``rescore_every`` unflipped points of largest :math:`\partial A/\partial q_i`
+    at the current hard flip set, re-score, until ``budget`` flips. Returns an
+    :class:`~poisoning.attack.AttackResult`: ``poison.q`` the 0/1 flips, ``params`` / ``objective`` the
+    victim retrained on them; ``history[0]`` the objective after each round (its first entry: no flips)."""
+    _check_inputs(victim, "greedy_label_flip", X_val, y_val)
+    n = int(np.shape(X_train)[0])
+    B = _check_budget(budget, n, minimum=1)
+    attack = greedy_flip_attack(victim, B, objective, rescore_every=int(rescore_every))
+    res = run(attack, X_train, y_train, LabelFlips(np.zeros(n)), (X_val, y_val), steps=len(attack.step.shares))
+    return _hard_result(res, victim, objective, jnp.asarray(res.poison.q), X_train, y_train, X_val, y_val)

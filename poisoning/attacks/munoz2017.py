@@ -1,34 +1,34 @@
-r"""Muñoz-González et al. (2017): generic gradient-based poisoning of multiclass learners.
+r"""Muñoz-González et al. (2017): gradient-based poisoning of multiclass and binary learners.
 
 "Towards poisoning of deep learning algorithms with back-gradient optimization", AISec 2017
-(arXiv:1708.08689). Protocol: ``/work/shared/reference/paper-protocols.md`` §2.
+(arXiv:1708.08689).
 
-The attack is the bilevel problem of :mod:`poisoning.attack` — maximize an upper-level objective
-:math:`A(w^\star(X_p), D_{val})` over poison features :math:`X_p \in [0, 1]^{m\times d}` with fixed labels —
-with one point optimized at a time (``mode="sequential"``). This module supplies what
-:mod:`poisoning.attack` does not have:
+The attack maximizes an upper-level objective :math:`A(w^\star(X_p), D_{val})` over poison features
+:math:`X_p \in [0, 1]^{m\times d}` with fixed labels, one point at a time (``mode="sequential"``),
+by projected ascent along the unit hypergradient with backtracking (accept an improving point, else
+halve the step; :class:`bilevel.stackelberg.Backtrack`). Composed from:
 
-- **Learners** (:class:`~poisoning.attack.Learner` instances, usable with :func:`poisoning.attack.run`):
-  :func:`softmax_learner` (multiclass L2 logistic regression, the paper's MNIST model),
-  :func:`mlp_learner` (one hidden layer of 10 tanh units, softmax output) and :func:`adaline_learner`
-  (binary, squared loss on ±1 targets). Multiclass labels are class indices ``0..k-1`` (stored as
-  floats by :func:`poisoning.attack.run`; rounded to int inside); ``predict`` is the arg-max class.
-  Each takes ``method="implicit"`` (train to convergence, hypergradient by the implicit function
-  theorem, :class:`bilevel.Implicit`) or ``method="backgradient"`` (the victim *is* ``T`` steps of
-  fixed-step gradient descent from a fixed start, and the hypergradient reverses that trajectory,
-  :class:`bilevel.unroll.BackGradient`; the paper's method, T = 60 for LR on MNIST).
-- **Preconditioning** of the implicit softmax learner: :class:`GramBasis` (top eigenvectors of the
+- **Victims** (:mod:`poisoning.victims`): :func:`softmax_victim` (multiclass L2 logistic regression, the
+  paper's MNIST model), :func:`mlp_victim` (10 tanh hidden units, softmax output) and
+  :func:`adaline_victim` (binary, squared loss on :math:`\pm1` targets), each with
+  ``method="implicit"`` (train to convergence, the implicit function theorem) or
+  ``method="backgradient"`` (the victim *is* ``T`` steps of fixed-step gradient descent from a fixed
+  start and the hypergradient reverses that trajectory, :class:`bilevel.unroll.BackGradient`: the
+  paper's method, T = 60 for LR on MNIST).
+- **Preconditioning** of the implicit softmax victim: :class:`GramBasis` (top eigenvectors of the
   clean training data's second moments, computed once) and :func:`kfac_basis` (a low-rank K-FAC change
   of variables built from it and the warm start), which cut the L-BFGS and CG iterations of each
   hypergradient ~3x on MNIST without changing the minimizer or the hypergradient (beyond tolerance).
-- **Objectives**: :func:`error_generic` (mean validation cross-entropy) and :func:`error_specific`
-  (negated cross-entropy toward the attacker's labels, e.g. validation 8s relabelled 3); they are
-  :mod:`poisoning.objectives`'s, re-exported.
+- **Objectives**: :func:`poisoning.objectives.error_generic` (mean validation cross-entropy) and
+  :func:`poisoning.objectives.error_specific` (negated cross-entropy toward the attacker's labels, e.g.
+  validation 8s relabelled 3).
 - **Initialization**: :func:`init_generic` (clones of training points with random other labels) and
-  :func:`init_specific` (clones of training points of classes ``a`` and ``b`` with the labels swapped).
-- **Baseline**: :func:`random_flip_poison` (validation points with random wrong labels).
-- :func:`munoz_attack` (the configured :class:`~poisoning.attack.PoisoningAttack`) and
-  :func:`poison` (init + :func:`poisoning.attack.run`).
+  :func:`init_specific` (clones of training points of classes ``a`` and ``b`` with the labels swapped);
+  **baseline** :func:`random_flip_poison` (validation points with random wrong labels).
+- :func:`munoz_attack` (the configured :class:`~poisoning.attack.PoisoningAttack`) and :func:`poison`
+  (init + :func:`poisoning.attack.run`).
+
+Labels are class indices ``0..K-1`` (Adaline: 0/1).
 """
 
 from __future__ import annotations
@@ -40,26 +40,24 @@ from typing import Literal
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from bilevel import Implicit, minimize
-from bilevel.problems import adaline_loss, mlp_apply, mlp_init, mlp_loss, multiclass_logistic_loss
+from bilevel import CG, GMRES, Implicit
 from bilevel.solvers import LBFGS, GradientDescent, Newton
+from bilevel.stackelberg import Backtrack
 from bilevel.unroll import BackGradient
-from poisoning.attack import Learner, PoisoningAttack, run
+from poisoning import victims
+from poisoning.attack import PoisoningAttack, PoisonPoints, run
 from poisoning.feasible import Box
 from poisoning.objectives import error_generic, error_specific
+from poisoning.victims import Victim
 
 __all__ = [
-    "MulticlassLearner",
-    "softmax_learner",
-    "mlp_learner",
-    "adaline_learner",
+    "softmax_victim",
+    "mlp_victim",
+    "adaline_victim",
     "gd_learning_rate",
     "kfac_basis",
     "GramBasis",
-    "error_generic",
-    "error_specific",
     "init_generic",
     "init_specific",
     "random_flip_poison",
@@ -70,26 +68,6 @@ __all__ = [
 Method = Literal["implicit", "backgradient"]
 
 
-@dataclasses.dataclass(frozen=True, eq=False)
-class MulticlassLearner(Learner):
-    """A :class:`~poisoning.attack.Learner` whose labels are class indices; ``predict`` is the arg-max."""
-
-    def predict(self, params, X):
-        return jnp.argmax(self.decision(params, X), axis=-1)
-
-
-def _normalized(weights, n, dtype):
-    """Weights rescaled to sum to ``n`` (a weighted mean = the mean over the present examples)."""
-    if weights is None:
-        return jnp.ones((n,), dtype)
-    w = jnp.asarray(weights, dtype)
-    return w * (n / jnp.sum(w))
-
-
-def _as_int(y):
-    return jnp.round(jnp.asarray(y)).astype(jnp.int32)
-
-
 def gd_learning_rate(X, reg: float = 0.0, curvature: float = 0.5) -> float:
     r"""A safe fixed step :math:`1/L` for gradient descent on a linear model over ``X``:
     :math:`L = \text{curvature}\cdot\lambda_{\max}([X, 1]^\top [X, 1]/n) + \text{reg}` (``curvature`` 0.5
@@ -98,55 +76,6 @@ def gd_learning_rate(X, reg: float = 0.0, curvature: float = 0.5) -> float:
     Z = np.concatenate([X, np.ones((len(X), 1))], axis=1)
     lam = float(np.linalg.eigvalsh(Z.T @ Z / len(Z))[-1])
     return 1.0 / (curvature * lam + reg)
-
-
-def _build(name, loss, per_example, decision, init, *, method, solver, implicit, steps, learning_rate,
-           momentum=None, cls=Learner, reparam=None):
-    """A learner minimizing ``loss(params, y, X, sw)``; ``init(d, dtype)`` gives the start.
-
-    ``implicit``: the IFT from a converged ``solver`` (warm-started from the previous fit).
-    ``backgradient``: ``steps`` steps of gradient descent with ``learning_rate`` from ``init`` (always
-    cold, so the victim is one fixed map of the data), differentiated by reversing the trajectory:
-    approximately (first order, Domke 2012, as in the paper) for plain GD, bit-exactly (Maclaurin et al.
-    2015) for heavy-ball ``momentum > 0`` (needs ``jax_enable_x64``).
-    ``reparam(w0, X, sw) -> (to_params, from_params)`` (implicit only): solve over ``theta`` with
-    ``params = to_params(theta)``, a constant invertible change of variables (a preconditioner, e.g.
-    :func:`kfac_basis`); same minimizer, same implicit derivative.
-    """
-    if method == "implicit":
-        strategy = implicit
-    elif method == "backgradient":
-        mom = None if not momentum else float(momentum)
-        strategy = BackGradient(steps=int(steps), exact=mom is not None, learning_rate=float(learning_rate),
-                                momentum=mom, on_failure="ignore")
-        solver = GradientDescent(learning_rate=float(learning_rate), momentum=mom, maxiter=int(steps), tol=1e-30,
-                                 on_failure="ignore")
-    else:
-        raise ValueError(f"method must be 'implicit' or 'backgradient', got {method!r}")
-
-    def train_loss(params, X, y, weights=None):
-        return loss(params, y, X, _normalized(weights, X.shape[0], X.dtype))
-
-    def fit(X, y, weights, warm_start):
-        if method == "implicit" and warm_start is not None:
-            w0 = jax.lax.stop_gradient(warm_start)
-        else:  # (the all-zero start once hit an XLA:CPU NaN bug: bilevel/_xla_workarounds.py)
-            w0 = init(X.shape[1], X.dtype)
-        sw = _normalized(weights, X.shape[0], X.dtype)
-        if reparam is None or method != "implicit":
-            return minimize(loss, w0, y, X, sw, solver=solver, method=strategy)
-        to_params, from_params = reparam(w0, X, sw)
-        theta = minimize(lambda th, *a: loss(to_params(th), *a), from_params(w0), y, X, sw, solver=solver,
-                         method=strategy)
-        return to_params(theta)
-
-    return cls(name=name, fit_fn=fit, decision_fn=decision, loss_fn=per_example, train_loss=train_loss,
-               solver=solver, init_fn=init, null_warm=lambda n, d, dtype: init(d, dtype))
-
-
-def _linear_scores(params, X):
-    return jnp.asarray(X) @ params["w"] + params["b"]
-
 
 
 
@@ -224,102 +153,64 @@ def kfac_basis(params, X, sw, reg, basis: GramBasis):
     return to_params, from_params
 
 
-def _ce(logits, y):
-    return optax.losses.softmax_cross_entropy_with_integer_labels(logits, _as_int(y))
+def _training(method: Method, implicit, solver, steps, learning_rate, momentum):
+    """``(solver, method)`` of a victim: converged + IFT, or ``steps`` GD steps reversed by back-gradient
+    (first order, Domke 2012, as in the paper, for plain GD; bit-exact, Maclaurin et al. 2015, for
+    heavy-ball ``momentum > 0``, which needs ``jax_enable_x64``)."""
+    if method == "implicit":
+        return solver, implicit
+    if method == "backgradient":
+        mom = None if not momentum else float(momentum)
+        gd = GradientDescent(learning_rate=float(learning_rate), momentum=mom, maxiter=int(steps), tol=1e-30,
+                             on_failure="ignore")
+        return gd, BackGradient(steps=int(steps), exact=mom is not None, learning_rate=float(learning_rate),
+                                momentum=mom, on_failure="ignore")
+    raise ValueError(f"argument 'method' must be 'implicit' or 'backgradient', got {method!r}")
 
 
 @functools.lru_cache(maxsize=None)
-def softmax_learner(n_classes: int = 10, reg: float = 1e-3, *, method: Method = "implicit", steps: int = 60,
-                    learning_rate: float = 1.0, momentum: float | None = None, solver=None,
-                    implicit: Implicit | None = None, precondition: GramBasis | None = None) -> Learner:
-    r"""Multiclass L2 logistic regression :math:`\frac1{\sum s}\sum_i s_i\,\mathrm{CE}(y_i, x_i W + b) +
-    \frac{\text{reg}}2\|W\|^2` (:func:`bilevel.problems.multiclass_logistic_loss`), ``params = {"w": (d, k),
-    "b": (k,)}``. ``loss`` is the per-example cross-entropy; ``predict`` the arg-max class.
+def softmax_victim(n_classes: int = 10, reg: float = 1e-3, *, method: Method = "implicit", steps: int = 60,
+                   learning_rate: float = 1.0, momentum: float | None = None, solver=None, implicit=None,
+                   precondition: GramBasis | None = None) -> Victim:
+    r"""The paper's MNIST victim: :func:`poisoning.victims.softmax` (``n_classes``, ``reg``).
 
-    ``method="implicit"``: LBFGS to gradient norm 1e-7 (``solver``), IFT with conjugate gradients (the
-    Hessian is singular only along the common bias shift, a direction the right-hand side never has).
-    With ``precondition`` a :class:`GramBasis` (of the clean training set) both run in the low-rank
-    K-FAC coordinates of :func:`kfac_basis` (class factor from the warm start), which cuts the L-BFGS
-    and CG iterations ~3x on MNIST (same minimizer and hypergradient up to the solver tolerances; the
-    gradient-norm tolerance then applies to the gradient in those coordinates).
+    ``method="implicit"``: L-BFGS to gradient norm 1e-7 (``solver``), IFT with conjugate gradients; with
+    ``precondition`` a :class:`GramBasis` (of the clean training set) both run in the low-rank K-FAC
+    coordinates of :func:`kfac_basis` (class factor from the warm start), ~3x fewer L-BFGS and CG
+    iterations on MNIST (same minimizer and hypergradient up to the solver tolerances).
     ``method="backgradient"``: ``steps`` GD steps of size ``learning_rate`` from zero (use
-    :func:`gd_learning_rate` for a safe step), reversed by :class:`bilevel.unroll.BackGradient`.
-    """
-    k = int(n_classes)
-
-    def loss(params, y, X, sw):
-        return multiclass_logistic_loss(params, reg, X, _as_int(y), sw)
-
-    def init(d, dtype=jnp.float32):
-        return {"w": jnp.zeros((d, k), dtype), "b": jnp.zeros((k,), dtype)}
-
-    def per_example(params, X, y):
-        return _ce(_linear_scores(params, X), y)
-
-    solver = LBFGS(maxiter=500, tol=1e-7, on_failure="ignore") if solver is None else solver
-    implicit = Implicit(linear_solver="cg", tol=1e-10, on_failure="ignore") if implicit is None else implicit
+    :func:`gd_learning_rate` for a safe step), reversed by :class:`bilevel.unroll.BackGradient`."""
     if precondition is not None and not isinstance(precondition, GramBasis):
-        raise ValueError(f"precondition must be None or a GramBasis, got {type(precondition).__name__}")
-    reparam = None if precondition is None else functools.partial(_kfac_reparam, reg=reg, basis=precondition)
-    return _build(f"softmax(k={k},reg={reg:g},{method})", loss, per_example, _linear_scores, init, method=method,
-                  solver=solver, implicit=implicit, steps=steps, learning_rate=learning_rate, momentum=momentum,
-                  cls=MulticlassLearner, reparam=reparam)
-
-
-def _kfac_reparam(w0, X, sw, reg, basis):
-    return kfac_basis(w0, X, sw, reg, basis)
+        raise ValueError(f"argument 'precondition' must be None or a GramBasis, got {type(precondition).__name__}")
+    solver = LBFGS(maxiter=500, tol=1e-7, on_failure="ignore") if solver is None else solver
+    implicit = Implicit(linear_solver=CG(tol=1e-10), on_failure="ignore") if implicit is None else implicit
+    solver, strategy = _training(method, implicit, solver, steps, learning_rate, momentum)
+    reparam = None if precondition is None else functools.partial(kfac_basis, reg=float(reg), basis=precondition)
+    return victims.softmax(int(n_classes), float(reg), solver=solver, method=strategy, reparam=reparam)
 
 
 @functools.lru_cache(maxsize=None)
-def mlp_learner(n_classes: int = 10, hidden: int = 10, reg: float = 1e-3, *, method: Method = "implicit",
-                steps: int = 200, learning_rate: float = 0.5, momentum: float | None = None, seed: int = 0, solver=None,
-                implicit: Implicit | None = None) -> Learner:
-    r"""One-hidden-layer tanh MLP with softmax output (:func:`bilevel.problems.mlp_loss`; the paper's
-    10 tanh units), L2 on the kernels. Started from a fixed flax initialization (``seed``).
-
-    ``method="implicit"``: LBFGS, IFT with GMRES and a small damping (the loss is non-convex).
-    ``method="backgradient"``: ``steps`` GD steps (paper: T = 200) reversed by BackGradient.
-    """
-    k, h = int(n_classes), int(hidden)
-
-    def loss(params, y, X, sw):
-        return mlp_loss(params, reg, X, _as_int(y), sw)
-
-    def init(d, dtype=jnp.float32):
-        return mlp_init(jax.random.PRNGKey(seed), int(d), h, k, dtype=dtype)
-
-    def per_example(params, X, y):
-        return _ce(mlp_apply(params, X), y)
-
+def mlp_victim(n_classes: int = 10, hidden: int = 10, reg: float = 1e-3, *, method: Method = "implicit",
+               steps: int = 200, learning_rate: float = 0.5, momentum: float | None = None, seed: int = 0,
+               solver=None, implicit=None) -> Victim:
+    r"""One-hidden-layer tanh MLP (the paper's 10 units), :func:`poisoning.victims.mlp`. ``"implicit"``:
+    L-BFGS, IFT with GMRES and a small damping (non-convex loss); ``"backgradient"``: ``steps`` GD steps
+    (paper: T = 200)."""
     solver = LBFGS(maxiter=1000, tol=1e-7, on_failure="ignore") if solver is None else solver
-    implicit = (Implicit(linear_solver="gmres", ridge=1e-6, tol=1e-10, on_failure="ignore")
-                if implicit is None else implicit)
-    return _build(f"mlp(h={h},k={k},reg={reg:g},{method})", loss, per_example, lambda p, X: mlp_apply(p, X), init,
-                  method=method, solver=solver, implicit=implicit, steps=steps, learning_rate=learning_rate,
-                  momentum=momentum, cls=MulticlassLearner)
+    implicit = Implicit(linear_solver=GMRES(tol=1e-10, ridge=1e-6), on_failure="ignore") if implicit is None else implicit
+    solver, strategy = _training(method, implicit, solver, steps, learning_rate, momentum)
+    return victims.mlp(int(n_classes), int(hidden), float(reg), seed=int(seed), solver=solver, method=strategy)
 
 
 @functools.lru_cache(maxsize=None)
-def adaline_learner(reg: float = 1e-3, *, method: Method = "implicit", steps: int = 80, learning_rate: float = 0.1,
-                    momentum: float | None = None, solver=None, implicit: Implicit | None = None) -> Learner:
-    r"""Adaline (binary, labels ±1): :math:`\frac1{\sum s}\sum_i s_i \frac12(x_i^\top w + b - y_i)^2 +
-    \frac{\text{reg}}2\|w\|^2` (:func:`bilevel.problems.adaline_loss`); ``loss`` is the per-example
-    squared error, ``predict`` the sign. ``method="implicit"``: Newton (the loss is quadratic) + IFT;
-    ``"backgradient"``: ``steps`` GD steps (paper: T = 80)."""
-
-    def loss(params, y, X, sw):
-        return adaline_loss(params, reg, X, jnp.sign(y), sw)
-
-    def init(d, dtype=jnp.float32):
-        return {"w": jnp.zeros((d,), dtype), "b": jnp.zeros((), dtype)}
-
-    def per_example(params, X, y):
-        return 0.5 * jnp.square(_linear_scores(params, X) - y)
-
+def adaline_victim(reg: float = 1e-3, *, method: Method = "implicit", steps: int = 80, learning_rate: float = 0.1,
+                   momentum: float | None = None, solver=None, implicit=None) -> Victim:
+    r"""Adaline (binary, labels 0/1), :func:`poisoning.victims.adaline`. ``"implicit"``: Newton (the loss
+    is quadratic) + IFT; ``"backgradient"``: ``steps`` GD steps (paper: T = 80)."""
     solver = Newton(tol=1e-9, maxiter=50, on_failure="ignore") if solver is None else solver
-    implicit = Implicit(linear_solver="cg", tol=1e-12, on_failure="ignore") if implicit is None else implicit
-    return _build(f"adaline(reg={reg:g},{method})", loss, per_example, _linear_scores, init, method=method,
-                  solver=solver, implicit=implicit, steps=steps, learning_rate=learning_rate, momentum=momentum)
+    implicit = Implicit(linear_solver=CG(tol=1e-12), on_failure="ignore") if implicit is None else implicit
+    solver, strategy = _training(method, implicit, solver, steps, learning_rate, momentum)
+    return victims.adaline(float(reg), solver=solver, method=strategy)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -361,16 +252,18 @@ def random_flip_poison(X_val, y_val, m: int, n_classes: int = 10, seed=0):
 # ----------------------------------------------------------------------------------------------------
 # the attack
 # ----------------------------------------------------------------------------------------------------
-def munoz_attack(learner: Learner, mode: Literal["generic", "specific"] = "generic", *, step_size: float = 0.5,
-                 step_rule: str = "backtrack", tol: float = 1e-6, patience: int = 3,
-                 min_step: float = 1e-3) -> PoisoningAttack:
-    """The attack: ``learner`` + error-generic / error-specific objective + box [0, 1]. Default step
-    rule: unit-hypergradient steps of length ``step_size`` with backtracking (halve on failure)."""
+@functools.lru_cache(maxsize=None)
+def munoz_attack(victim: Victim, mode: Literal["generic", "specific"] = "generic", *, step_size: float = 0.5,
+                 tol: float = 1e-6, min_step: float = 1e-3) -> PoisoningAttack:
+    """The attack: ``victim`` + error-generic / error-specific objective + box [0, 1], unit-hypergradient
+    steps of length ``step_size`` with backtracking (halve on failure; stop below ``min_step`` or when an
+    accepted step gains less than ``tol``). Memoized per settings (one compiled loop)."""
     if mode not in ("generic", "specific"):
-        raise ValueError(f"mode must be 'generic' or 'specific', got {mode!r}")
+        raise ValueError(f"argument 'mode' must be 'generic' or 'specific', got {mode!r}")
     objective = error_generic if mode == "generic" else error_specific
-    return PoisoningAttack(learner, objective, Box(0.0, 1.0), step_size=step_size, step_rule=step_rule, tol=tol,
-                           patience=patience, min_step=min_step)
+    step = Backtrack(init_step=float(step_size), shrink=0.5, min_step=float(min_step), tol=float(tol),
+                     normalization="global")
+    return PoisoningAttack(victim, objective, Box(0.0, 1.0), step=step, gain_tol=None)
 
 
 def poison(attack: PoisoningAttack, X_train, y_train, X_val, y_val, m: int, *, mode="generic", n_classes=10,
@@ -382,5 +275,6 @@ def poison(attack: PoisoningAttack, X_train, y_train, X_val, y_val, m: int, *, m
         X0, yp = init_generic(X_train, y_train, m, n_classes, seed)
     else:
         X0, yp = init_specific(X_train, y_train, m, pair[0], pair[1], seed)
-    res = run(attack, X_train, y_train, X0, yp, X_val, y_val, steps=steps, mode="sequential", callback=callback)
+    res = run(attack, X_train, y_train, PoisonPoints(X0, yp), (X_val, y_val), steps=steps, mode="sequential",
+              callback=callback)
     return res, X0, yp

@@ -15,7 +15,7 @@ groups differently. Demographic parity is not differentiable, so the attacker ma
 The surrogate (:func:`disparate_impact_objective`), exactly as in the authors' secml loss
 ``CLossDisparateImpact`` (repository ``dsolanno/Poisoning-Attacks-on-Algorithmic-Fairness``): each
 validation point gets the *group* as its label, :math:`z_k = +1` for unprivileged and :math:`z_k = -1`
-for privileged points (the true label :math:`y_k` is **not** used), its logistic loss
+for privileged points (the true label :math:`y_k \in \{0, 1\}` is **not** used), its logistic loss
 :math:`\ell(z_k, s_k) = \log(1 + e^{-z_k s_k})` on the score :math:`s_k = w^\top x_k + b` of the
 favorable class, and the unprivileged losses are re-weighted by :math:`-p_{priv}/p_{unpriv}`
 (the group proportions in :math:`D_{val}`):
@@ -43,15 +43,16 @@ Attack (secml ``CAttackPoisoningLogisticRegression`` as configured in the notebo
 2. *Feasible set* :math:`\Phi`: the box :math:`[\min X_{val}, \max X_{val}]` (secml passes the scalar
    global min/max of the validation features) intersected, when ``dmax`` is given, with the
    :math:`\ell_1` ball :math:`\|x - x^{(0)}\|_1 \le d_{max}` around each point's start
-   (:class:`BoxL1Ball`: exact projection by bisection on the multiplier of the :math:`\ell_1`
-   constraint; :class:`L1Ball` alone composes with :class:`~poisoning.feasible.Intersection`).
+   (:class:`~poisoning.feasible.BoxL1Ball`: exact projection by bisection on the multiplier of the
+   :math:`\ell_1` constraint).
    The notebooks set ``distance='l1', dmax=10``; note that secml's ``_constraint_creation`` builds that
    constraint with radius :math:`10^{12}`, so the reference runs effectively used the box alone
    (``dmax=None`` here reproduces that).
 3. *Ascent*: projected steps of length :math:`\eta = 0.05` along the unit hypergradient (secml
    ``pgd-ls`` with ``eta = eta_min = 0.05``, ``eps = 1e-6``, up to 1000 iterations), the hypergradient
-   by implicit differentiation of the logistic-regression optimality conditions
-   (:func:`poisoning.attack.logistic_learner`).
+   by implicit differentiation of the logistic-regression optimality conditions (the victim
+   :func:`poisoning.victims.logistic`; the attack is a :class:`~poisoning.attack.PoisoningAttack` on
+   :class:`~poisoning.attack.PoisonPoints`, run by :func:`poisoning.attack.run`).
 4. *Multiple points*: :func:`poisoning.attack.run` with ``mode="sequential"`` adds the points one at a
    time, earlier ones frozen (secml keeps all initial points in the training set and re-optimizes
    them one by one in one sweep; the greedy order here has the advantage that the victim after
@@ -81,23 +82,20 @@ References
 
 from __future__ import annotations
 
-import dataclasses
 import math
-from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
-from poisoning.attack import AttackResult, PoisoningAttack, logistic_learner, run
+from bilevel.stackelberg import Backtrack, fixed_step
+from poisoning import victims
+from poisoning.attack import AttackResult, PoisoningAttack, PoisonPoints, run
 from poisoning.fairness import check_groups
-from poisoning.feasible import Box, FeasibleSet, _rowwise
+from poisoning.feasible import Box, BoxL1Ball
 
 __all__ = [
     "PAPER",
-    "L1Ball",
-    "BoxL1Ball",
     "disparate_impact_objective",
     "solans_attack",
     "init_poison",
@@ -121,102 +119,29 @@ PAPER = {
 
 
 # ----------------------------------------------------------------------------------------------------
-# feasible set
-# ----------------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True, eq=False)
-class L1Ball(FeasibleSet):
-    """``{x : ||x - center||_1 <= radius}`` for each row (point) separately; ``center`` is ``(d,)`` or
-    one center per row ``(m, d)``. Projection by :func:`optax.projections.projection_l1_ball`
-    (Duchi et al. 2008, sort-based, exact). Compared by identity (it may hold an array center)."""
-
-    center: Any = 0.0
-    radius: float = 1.0
-
-    def __post_init__(self):
-        if not float(self.radius) > 0:
-            raise ValueError(f"L1Ball: radius must be > 0, got {self.radius}")
-
-    def project(self, x):
-        return _rowwise(lambda v: optax.projections.projection_l1_ball(v, self.radius), x, self.center)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class BoxL1Ball(FeasibleSet):
-    r"""``{x : lo <= x <= hi, ||x - center||_1 <= radius}`` per row, projected exactly in one pass.
-
-    With the center inside the box the projection of :math:`v` separates over coordinates given the
-    multiplier :math:`\theta \ge 0` of the :math:`\ell_1` constraint:
-    :math:`x_i(\theta) = \mathrm{clip}\big(c_i + \mathrm{sign}(v_i - c_i)\max(|v_i - c_i| - \theta, 0),
-    lo_i, hi_i\big)` (the minimizer of :math:`(x_i - v_i)^2 + 2\theta|x_i - c_i|` on
-    :math:`[lo_i, hi_i]`); :math:`\theta = 0` if :math:`x(0)` is feasible, else the root of the
-    non-increasing :math:`\sum_i |x_i(\theta) - c_i| = r`, found by ``iters`` bisection steps on
-    :math:`[0, \max_i |v_i - c_i|]`. Same set as ``Intersection((L1Ball(center, radius), Box(lo, hi)))``
-    but without Dykstra's inner loop. ``center`` must lie in the box (``(d,)`` or ``(m, d)``)."""
-
-    lo: Any = 0.0
-    hi: Any = 1.0
-    center: Any = 0.0
-    radius: float = 1.0
-    iters: int = 60
-
-    def __post_init__(self):
-        if not float(self.radius) > 0:
-            raise ValueError(f"BoxL1Ball: radius must be > 0, got {self.radius}")
-        if jnp.any(jnp.asarray(self.lo) > jnp.asarray(self.hi)):
-            raise ValueError("BoxL1Ball: lo must be <= hi")
-
-    def project(self, x):
-        x = jnp.asarray(x)
-        lo, hi = jnp.asarray(self.lo, x.dtype), jnp.asarray(self.hi, x.dtype)
-        r = jnp.asarray(self.radius, x.dtype)
-
-        def one(v, c):  # v, c: (d,)
-            u = v - c
-
-            def at(theta):
-                return jnp.clip(c + jnp.sign(u) * jnp.maximum(jnp.abs(u) - theta, 0.0), lo, hi)
-
-            def bisect(_, bounds):
-                a, b = bounds
-                mid = 0.5 * (a + b)
-                over = jnp.sum(jnp.abs(at(mid) - c)) > r
-                return jnp.where(over, mid, a), jnp.where(over, b, mid)
-
-            x0 = at(jnp.asarray(0.0, x.dtype))
-            _, theta = jax.lax.fori_loop(0, int(self.iters), bisect,
-                                         (jnp.asarray(0.0, x.dtype), jnp.max(jnp.abs(u))))
-            return jnp.where(jnp.sum(jnp.abs(x0 - c)) <= r, x0, at(theta))
-
-        c = jnp.broadcast_to(jnp.asarray(self.center, x.dtype), x.shape)
-        if x.ndim == 1:
-            return one(x, c)
-        flat, cflat = x.reshape(-1, x.shape[-1]), c.reshape(-1, x.shape[-1])
-        return jax.vmap(one)(flat, cflat).reshape(x.shape)
-
-
-# ----------------------------------------------------------------------------------------------------
 # objective
 # ----------------------------------------------------------------------------------------------------
 def disparate_impact_objective(groups_val, *, privileged: int = 1, labels: str = "group",
                                unpriv_weight: float | None = None, reduction: str = "mean"):
     r"""The disparate-impact surrogate :math:`L_{DI}` of Solans et al. (see the module docstring) for
     validation points with sensitive attribute ``groups_val`` (0/1, ``privileged`` marks the
-    privileged value). Returns ``objective(params, X_val, y_val, learner) -> scalar`` to maximize.
+    privileged value). Returns ``objective(victim, params, X_val, y_val) -> scalar`` to maximize (it
+    scores ``victim.decision``, so it runs against any binary victim).
 
     Args:
       groups_val: ``(n_val,)`` 0/1 group labels of the validation points (both groups present).
       labels: ``"group"`` (default, the authors' code: label :math:`+1` for unprivileged, :math:`-1`
         for privileged points, ``y_val`` unused) or ``"true"`` (the true labels ``y_val`` in
-        :math:`\pm 1`).
+        ``{0, 1}``, as :math:`\pm 1`).
       unpriv_weight: the multiplier of the unprivileged losses; default :math:`-p_{priv}/p_{unpriv}`.
       reduction: ``"mean"`` over all validation points (secml) or ``"sum"``.
     """
     if labels not in ("group", "true"):
-        raise ValueError(f"labels must be 'group' or 'true', got {labels!r}")
+        raise ValueError(f"argument 'labels' must be 'group' or 'true', got {labels!r}")
     if reduction not in ("mean", "sum"):
-        raise ValueError(f"reduction must be 'mean' or 'sum', got {reduction!r}")
+        raise ValueError(f"argument 'reduction' must be 'mean' or 'sum', got {reduction!r}")
     if privileged not in (0, 1):
-        raise ValueError(f"privileged must be 0 or 1, got {privileged!r}")
+        raise ValueError(f"argument 'privileged' must be 0 or 1, got {privileged!r}")
     g = np.asarray(check_groups(groups_val, name="groups_val", require_both=True))
     unpriv = g != privileged
     p_unpriv = float(np.mean(unpriv))
@@ -224,15 +149,15 @@ def disparate_impact_objective(groups_val, *, privileged: int = 1, labels: str =
     n_val = g.shape[0]
     unpriv_j = jnp.asarray(unpriv)
 
-    def objective(params, X_val, y_val, learner):
+    def objective(victim, params, X_val, y_val):
         X_val = jnp.asarray(X_val)
         if X_val.shape[0] != n_val:
-            raise ValueError(f"X_val has {X_val.shape[0]} rows but groups_val has {n_val} entries")
-        s = learner.decision(params, X_val)
+            raise ValueError(f"argument 'X_val' has {X_val.shape[0]} rows but groups_val has {n_val} entries")
+        s = victim.decision(params, X_val)
         if labels == "group":
             z = jnp.where(unpriv_j, 1.0, -1.0).astype(s.dtype)
         else:
-            z = jnp.asarray(y_val).astype(s.dtype)
+            z = (2 * jnp.asarray(y_val) - 1).astype(s.dtype)
         loss = jax.nn.softplus(-z * s)
         weighted = jnp.where(unpriv_j, lam, 1.0).astype(s.dtype) * loss
         return jnp.mean(weighted) if reduction == "mean" else jnp.sum(weighted)
@@ -249,49 +174,55 @@ def solans_attack(groups_val, *, lb: float, ub: float, center=None, dmax: float 
                   reg: float = 1e-2, step_size: float = 0.05, tol: float = 1e-6, patience: int = 1,
                   step_rule: str = "fixed", labels: str = "group", privileged: int = 1) -> PoisoningAttack:
     """The fairness attack as a :class:`~poisoning.attack.PoisoningAttack`: victim
-    :func:`~poisoning.attack.logistic_learner` (``reg``), objective :func:`disparate_impact_objective`,
+    :func:`poisoning.victims.logistic` (``reg``), objective :func:`disparate_impact_objective`,
     feasible set ``Box(lb, ub)``, intersected with the ``l1`` ball of radius ``dmax`` around ``center``
-    (the starting points, ``(m, d)``, inside the box) when ``dmax`` is given (:class:`BoxL1Ball`, exact
-    projection), unit-gradient steps of length ``step_size``."""
+    (the starting points, ``(m, d)``, inside the box) when ``dmax`` is given
+    (:class:`~poisoning.feasible.BoxL1Ball`, exact projection). ``step_rule="fixed"``: unit-gradient
+    steps of length ``step_size``, stopped once the gain is below ``tol`` for ``patience`` steps;
+    ``"backtrack"``: :class:`~bilevel.stackelberg.Backtrack` from ``step_size`` (an iterate that does not
+    improve is retried from the last accepted one with half the step; stops below ``1e-4`` or when an
+    accepted gain is below ``tol``)."""
     if not float(ub) >= float(lb):
-        raise ValueError(f"lb must be <= ub, got lb={lb}, ub={ub}")
-    box = Box(float(lb), float(ub))
+        raise ValueError(f"argument 'lb' must be <= 'ub', got lb={lb}, ub={ub}")
     if dmax is None:
-        feasible = box
+        feasible = Box(float(lb), float(ub))
     else:
         if center is None:
-            raise ValueError("dmax needs center (the starting poison points)")
+            raise ValueError("argument 'dmax' needs 'center' (the starting poison points)")
         feasible = BoxL1Ball(float(lb), float(ub), jnp.asarray(center), float(dmax))
-    return PoisoningAttack(
-        learner=logistic_learner(float(reg)),
-        objective=disparate_impact_objective(groups_val, privileged=privileged, labels=labels),
-        feasible=feasible,
-        step_size=float(step_size),
-        normalize=True,
-        step_rule=step_rule,
-        tol=float(tol),
-        patience=int(patience),
-    )
+    if step_rule == "fixed":
+        step, gain_tol = fixed_step(float(step_size)), float(tol)
+    elif step_rule == "backtrack":
+        step, gain_tol = Backtrack(init_step=float(step_size), shrink=0.5, min_step=1e-4, tol=float(tol),
+                                   normalization="global", strict=True), None
+    else:
+        raise ValueError(f"argument 'step_rule' must be 'fixed' or 'backtrack', got {step_rule!r}")
+    return PoisoningAttack(victims.logistic(float(reg)),
+                           disparate_impact_objective(groups_val, privileged=privileged, labels=labels),
+                           feasible, step=step, gain_tol=gain_tol, patience=int(patience))
 
 
 def init_poison(X_val, y_val, n_points: int, *, seed: int = 0, groups_val=None, group: int | None = None,
                 label=None, noise: float = 1e-3, flip: bool = True):
     """Starting poison (secml ``init_type="random"``): ``n_points`` validation points drawn at random
     (without replacement while possible), restricted to ``groups_val == group`` and/or
-    ``y_val == label`` when given, their labels flipped (``flip``; labels :math:`\\pm 1`), plus
-    uniform noise in :math:`[-\\text{noise}, \\text{noise}]`. Returns ``(X0, y0, indices)``."""
-    X_val, y_val = np.asarray(X_val, float), np.asarray(y_val)
-    n = len(y_val)
-    if X_val.ndim != 2 or X_val.shape[0] != n:
-        raise ValueError(f"X_val {X_val.shape} and y_val {y_val.shape} do not match")
+    ``y_val == label`` when given, their labels flipped (``flip``; labels 0/1, a flip is ``1 - y``),
+    plus uniform noise in :math:`[-\text{noise}, \text{noise}]`. Returns ``(X0, y0, indices)``."""
+    X_val = np.asarray(X_val, float)
+    n = X_val.shape[0] if X_val.ndim == 2 else -1
+    y_val = np.asarray(victims.check_labels(np.asarray(y_val), "binary", 2, "y_val"))
+    if X_val.ndim != 2 or n != len(y_val):
+        raise ValueError(f"arguments 'X_val' {X_val.shape} and 'y_val' {y_val.shape} do not match")
     if int(n_points) < 1:
-        raise ValueError(f"n_points must be >= 1, got {n_points}")
+        raise ValueError(f"argument 'n_points' must be >= 1, got {n_points}")
     mask = np.ones(n, bool)
     if group is not None:
         if groups_val is None:
-            raise ValueError("group= needs groups_val")
+            raise ValueError("argument 'group' needs groups_val")
         mask &= np.asarray(check_groups(groups_val, n, name="groups_val")) == group
     if label is not None:
+        if label not in (0, 1):
+            raise ValueError(f"argument 'label' must be 0, 1 or None, got {label!r}")
         mask &= y_val == label
     pool = np.flatnonzero(mask)
     if pool.size == 0:
@@ -299,7 +230,7 @@ def init_poison(X_val, y_val, n_points: int, *, seed: int = 0, groups_val=None, 
     rng = np.random.default_rng(seed)
     idx = rng.choice(pool, size=int(n_points), replace=int(n_points) > pool.size)
     X0 = X_val[idx] + noise * (2.0 * rng.random((int(n_points), X_val.shape[1])) - 1.0)
-    y0 = -y_val[idx] if flip else y_val[idx].copy()
+    y0 = 1 - y_val[idx] if flip else y_val[idx].copy()
     return X0, y0, idx
 
 
@@ -308,10 +239,11 @@ def poison_fairness(X_train, y_train, X_val, y_val, groups_val, n_points: int, *
                     step_size: float = 0.05, tol: float = 1e-6, patience: int = 1, labels: str = "group",
                     init_group: int | None = None, init_label=None, mode: str = "sequential",
                     callback=None) -> tuple[AttackResult, np.ndarray, PoisoningAttack]:
-    """Run the attack with ``n_points`` poison points. ``box`` = ``(lb, ub)`` or ``None`` for the secml
-    choice ``(X_val.min(), X_val.max())``. Labels are :math:`\\pm 1`; ``groups_val`` 0/1 (1 =
-    privileged). Returns ``(result, X0, attack)``; in sequential mode ``result.block_params[k - 1]`` is
-    the victim after the first ``k`` points."""
+    """Run the attack with ``n_points`` poison points (:func:`poisoning.attack.run`). ``box`` =
+    ``(lb, ub)`` or ``None`` for the secml choice ``(X_val.min(), X_val.max())``. Labels are 0/1;
+    ``groups_val`` 0/1 (1 = privileged). Returns ``(result, X0, attack)``: ``result.poison`` holds the
+    optimized points (``.X``) and their labels (``.y``); in sequential mode ``result.block_params[k - 1]``
+    is the victim after the first ``k`` points."""
     X_val = np.asarray(X_val, float)
     groups_val = check_groups(groups_val, X_val.shape[0], name="groups_val", require_both=True)
     if box is None:
@@ -321,7 +253,8 @@ def poison_fairness(X_train, y_train, X_val, y_val, groups_val, n_points: int, *
     X0 = np.clip(X0, box[0], box[1])
     attack = solans_attack(groups_val, lb=box[0], ub=box[1], center=X0 if dmax is not None else None,
                            dmax=dmax, reg=reg, step_size=step_size, tol=tol, patience=patience, labels=labels)
-    res = run(attack, X_train, y_train, X0, y0, X_val, y_val, steps=steps, mode=mode, callback=callback)
+    res = run(attack, X_train, y_train, PoisonPoints(X0, y0), (X_val, y_val), steps=steps, mode=mode,
+              callback=callback)
     return res, X0, attack
 
 
@@ -338,20 +271,20 @@ def zafar_synthetic(n_per_class: int = 400, distance: float = 4.0, *, disc_facto
                     seed: int = 0):
     """Zafar-style synthetic data as in Solans et al.'s notebooks (see the module docstring).
 
-    Returns ``(X, y, groups)``: ``X`` ``(2 n, 2)`` float, ``y`` in ``{-1, +1}`` (+1 = favorable class),
-    ``groups`` in ``{0, 1}`` (1 = privileged, correlated with ``y = +1``). Deterministic from ``seed``.
+    Returns ``(X, y, groups)``: ``X`` ``(2 n, 2)`` float, ``y`` in ``{0, 1}`` (1 = favorable class),
+    ``groups`` in ``{0, 1}`` (1 = privileged, correlated with ``y = 1``). Deterministic from ``seed``.
     """
     if int(n_per_class) < 1:
-        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+        raise ValueError(f"argument 'n_per_class' must be >= 1, got {n_per_class}")
     if not float(distance) >= 0:
-        raise ValueError(f"distance must be >= 0, got {distance}")
+        raise ValueError(f"argument 'distance' must be >= 0, got {distance}")
     rng = np.random.default_rng(seed)
     n = int(n_per_class)
     mu1, cov1 = np.array([2.0, 2.0]), np.array([[5.0, 1.0], [1.0, 5.0]])
     shift = float(distance) / math.sqrt(2.0)
     mu2, cov2 = mu1 - shift, np.array([[10.0, 1.0], [1.0, 3.0]])
     X = np.vstack([rng.multivariate_normal(mu1, cov1, n), rng.multivariate_normal(mu2, cov2, n)])
-    y = np.concatenate([np.ones(n), -np.ones(n)])
+    y = np.concatenate([np.ones(n, np.int64), np.zeros(n, np.int64)])
     perm = rng.permutation(2 * n)
     X, y = X[perm], y[perm]
     c, s = math.cos(disc_factor), math.sin(disc_factor)
@@ -370,9 +303,9 @@ def solans_split(X, y, groups, *, test_fraction: float = 0.2, seed: int = 0):
     X, y = np.asarray(X), np.asarray(y)
     g = np.asarray(check_groups(groups, len(y)))
     if X.shape[0] != len(y):
-        raise ValueError(f"X has {X.shape[0]} rows but y has {len(y)}")
+        raise ValueError(f"argument 'X' has {X.shape[0]} rows but 'y' has {len(y)}")
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+        raise ValueError(f"argument 'test_fraction' must be in (0, 1), got {test_fraction}")
     n = len(y)
     perm = np.random.default_rng(seed).permutation(n)
     n_test = int(round(test_fraction * n))

@@ -20,14 +20,15 @@ test set. :func:`run_subpopulation_attack` chains the three steps.
 A stronger variant (:func:`subpopulation_influence_flip`) keeps the candidates — the subpopulation's
 training points with flipped labels — but chooses *how many copies of each* greedily by their
 influence on the attacker's objective, the victim's mean loss on the subpopulation's (true-labelled)
-training points :math:`J(\theta) = \sum_i t_i \ell(\theta; x_i, y_i) / \sum_i t_i`. With poison
-copies as example weights :math:`c_j` (copies = integer weights of a weighted ERM),
-:math:`\partial J(\theta^*(c)) / \partial c_j` is the influence of one more copy of candidate
-:math:`j` (Koh & Liang 2017; computed by implicit differentiation through the fit,
-:func:`poison_weight_hypergradient`); each of ``rounds`` rounds gives the next share of the budget to
-the candidates with the largest influence at the current poisoned model. This follows the paper's
-point that label flipping can be strengthened with influence functions (the paper optimizes
-the poison's continuous features with influence / gradients; here only the choice of which
+training points :math:`J(\theta) = \sum_i t_i \ell(\theta; x_i, y_i) / \sum_i t_i`
+(:func:`subpopulation_loss`). As composed here: the poison is :class:`~poisoning.attack.PoisonWeights`
+(the leader = copy counts :math:`c_j` of the flipped candidates, i.e. example weights of a weighted
+ERM), the objective :func:`subpopulation_loss`, the step rule
+:class:`~bilevel.stackelberg.Greedy` (round :math:`r` gives its share of the budget to the candidates
+of largest :math:`\partial J(\theta^*(c)) / \partial c_j`, the influence of one more copy of
+candidate :math:`j`, Koh & Liang 2017, computed by implicit differentiation through the fit). This
+follows the paper's point that label flipping can be strengthened with influence functions (the paper
+optimizes the poison's continuous features with influence / gradients; here only the choice of which
 subpopulation points to flip, and how often, is optimized, so the poison stays copies of real
 points).
 
@@ -36,8 +37,8 @@ values of two different attributes, with at least a minimum number of training a
 the paper's FeatureMatch over categorical attributes) and :func:`pca_projection` + :func:`kmeans`
 (ClusterMatch on PCA-reduced features, as the paper's ``--pca_dim`` / ``--n_clusters``).
 
-Labels are binary :math:`\pm 1`; the default victim is :func:`poisoning.attack.logistic_learner`
-(a weighted fit through :func:`bilevel.minimize`).
+Labels are binary 0/1; the default victim is :func:`poisoning.victims.logistic` (a weighted fit
+through :func:`bilevel.minimize`).
 
 Reference: M. Jagielski, G. Severi, N. Pousette Harger, A. Oprea, "Subpopulation data poisoning
 attacks", ACM CCS 2021.
@@ -53,7 +54,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from poisoning.attack import Learner, logistic_learner
+from bilevel.stackelberg import Greedy
+from poisoning import victims
+from poisoning.attack import PoisoningAttack, PoisonWeights, run
+from poisoning.victims import Victim, check_features, check_labels
 
 __all__ = [
     "kmeans",
@@ -71,7 +75,8 @@ __all__ = [
     "quantile_attributes",
     "enumerate_feature_matches",
     "label_flip_counts",
-    "poison_weight_hypergradient",
+    "subpopulation_loss",
+    "influence_flip_attack",
     "subpopulation_influence_flip",
 ]
 
@@ -159,7 +164,7 @@ class FeatureMatch:
     columns: tuple
     values: tuple | None = None
     bins: tuple | None = None
-    label: float | None = None
+    label: int | None = None
     atol: float = 1e-8
 
     def __post_init__(self):
@@ -196,7 +201,7 @@ class ClusterMatch:
 
     clustering: KMeansResult
     target: int
-    label: float | None = None
+    label: int | None = None
 
     @classmethod
     def fit(cls, X, k: int, target: int | None = None, seed: int = 0, *, label=None, y=None,
@@ -224,7 +229,7 @@ class ClusterMatch:
 
 
 def adult_feature_match(dataset, attributes: Mapping[str, str], label=None) -> FeatureMatch:
-    """A :class:`FeatureMatch` on :func:`poisoning.data.load_adult` one-hot columns, e.g.
+    """A :class:`FeatureMatch` on :func:`poisoning.datasets.load_adult` one-hot columns, e.g.
     ``{"race": "Black", "sex": "Female"}`` (names as in ``dataset.meta["feature_names"]``)."""
     names = list(dataset.meta["feature_names"])
     cols = []
@@ -242,16 +247,22 @@ def adult_feature_match(dataset, attributes: Mapping[str, str], label=None) -> F
 def subpopulation_label_flip(X_train, y_train, train_mask, budget: int, seed: int = 0):
     """Poison points for the subpopulation label-flip attack of Jagielski et al. (2021): ``budget``
     copies of the subpopulation's training points (``train_mask``), cycling through them in a
-    seeded random order (so every point is used before any is repeated), with labels negated
-    (binary :math:`\\pm1`). Returns ``(X_poison, y_poison)``."""
-    X_train, y_train = np.asarray(X_train), np.asarray(y_train)
-    if not np.all(np.isin(y_train, (-1, 1))):
-        raise ValueError("subpopulation_label_flip needs binary labels in {-1, +1}")
-    budget = int(budget)
-    if budget < 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
+    seeded random order (so every point is used before any is repeated), with labels flipped
+    (binary 0/1: ``1 - y``). Returns ``(X_poison, y_poison)``."""
+    X_train, y_train = np.asarray(X_train), _binary_labels(y_train)
+    budget = _check_budget(budget)
     order = _flip_order(train_mask, budget, seed)
-    return X_train[order].copy(), -y_train[order]
+    return X_train[order].copy(), 1 - y_train[order]
+
+
+def _binary_labels(y, name="y_train"):
+    return np.asarray(check_labels(np.asarray(y), "binary", 2, name))
+
+
+def _check_budget(budget):
+    if isinstance(budget, bool) or int(budget) != budget or int(budget) < 0:
+        raise ValueError(f"argument 'budget' must be an integer >= 0, got {budget!r}")
+    return int(budget)
 
 
 def _flip_order(train_mask, budget, seed):
@@ -268,9 +279,7 @@ def label_flip_counts(train_mask, budget: int, seed: int = 0):
     the subpopulation's training rows (sorted) and ``counts[j]`` the copies of row ``idx[j]`` (with
     flipped label) in the poison; ``counts.sum() == budget``. Training with example weights
     ``counts`` on the flipped rows is the same weighted ERM as training on the copies."""
-    budget = int(budget)
-    if budget < 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
+    budget = _check_budget(budget)
     idx = np.flatnonzero(np.asarray(train_mask, bool))
     order = _flip_order(train_mask, budget, seed)
     return idx, np.bincount(np.searchsorted(idx, order), minlength=idx.size).astype(np.int64)
@@ -295,68 +304,73 @@ class SubpopulationReport:
         return dataclasses.asdict(self)
 
 
-def _acc(learner, params, X, y):
+def _acc(victim, params, X, y):
     if len(y) == 0:
         return float("nan")
-    return float(np.mean(np.asarray(learner.predict(params, jnp.asarray(X))) == np.asarray(y)))
+    return float(np.mean(np.asarray(victim.predict(params, jnp.asarray(X))) == np.asarray(y)))
 
 
-@functools.partial(jax.jit, static_argnums=3)
-def _weighted_fit(X, y, weights, learner):
-    return learner.fit(X, y, weights)
+@functools.partial(jax.jit, static_argnums=0)
+def _weighted_fit(victim, X, y, weights):
+    return victim.fit_fn(X, victim.encode(y, X.dtype), weights, None)
 
 
-def fit_with_poison(learner: Learner, X_train, y_train, X_poison, y_poison, poison_weights=None):
-    """``learner`` fitted on the training rows (weight 1) and the poison rows with example weights
-    ``poison_weights`` (copies; default 1, 0 = absent). One compiled fit per array shape."""
+def _poison_arrays(victim, X_train, y_train, X_poison, y_poison):
     dtype = jnp.result_type(float)
-    Xtr, ytr = jnp.asarray(X_train, dtype), jnp.asarray(y_train, dtype)
-    Xp = jnp.asarray(X_poison, dtype).reshape(-1, Xtr.shape[1])
-    yp = jnp.asarray(y_poison, dtype).reshape(-1)
+    Xtr = jnp.asarray(check_features(np.asarray(X_train), "X_train"), dtype)
+    Xp = np.asarray(X_poison).reshape(-1, Xtr.shape[1])
+    Xp = jnp.asarray(check_features(Xp, "X_poison"), dtype)
+    ytr = victim.check_labels(np.asarray(y_train), "y_train", Xtr.shape[0])
+    yp = victim.check_labels(np.asarray(y_poison).reshape(-1), "y_poison", Xp.shape[0])
+    return Xtr, ytr, Xp, yp
+
+
+def fit_with_poison(victim: Victim, X_train, y_train, X_poison, y_poison, poison_weights=None):
+    """``victim`` fitted on the training rows (weight 1) and the poison rows with example weights
+    ``poison_weights`` (copies; default 1, 0 = absent). One compiled fit per victim and array shape."""
+    Xtr, ytr, Xp, yp = _poison_arrays(victim, X_train, y_train, X_poison, y_poison)
+    dtype = Xtr.dtype
     pw = jnp.ones((Xp.shape[0],), dtype) if poison_weights is None else jnp.asarray(poison_weights, dtype).reshape(-1)
     weights = jnp.concatenate([jnp.ones((Xtr.shape[0],), dtype), pw])
-    return _weighted_fit(jnp.concatenate([Xtr, Xp]), jnp.concatenate([ytr, yp]), weights, learner)
+    return _weighted_fit(victim, jnp.concatenate([Xtr, Xp]), jnp.concatenate([ytr, yp]), weights)
 
 
-def evaluate_subpopulation(learner: Learner, X_train, y_train, X_poison, y_poison, X_test, y_test,
+def evaluate_subpopulation(victim: Victim, X_train, y_train, X_poison, y_poison, X_test, y_test,
                            test_mask, *, poison_weights=None, clean_params=None) -> SubpopulationReport:
-    """Train ``learner`` on the clean set and on clean + poison; report target damage and collateral.
+    """Train ``victim`` on the clean set and on clean + poison; report target damage and collateral.
 
     Both fits use the same arrays (the poison rows get weight 0 in the clean fit: absent), so one
     compiled ``fit`` serves both. ``poison_weights`` (non-negative, one per poison row; default 1)
     counts copies: a row of weight ``c`` is ``c`` identical poison points (so a fixed-size padded
     poison array with zero-weight rows compiles once for many budgets); ``n_poison`` is their sum.
     ``clean_params`` skips the clean fit (reuse it across subpopulations)."""
-    dtype = jnp.result_type(float)
-    Xtr, ytr = jnp.asarray(X_train, dtype), jnp.asarray(y_train, dtype)
-    Xp = jnp.asarray(X_poison, dtype).reshape(-1, Xtr.shape[1])
-    yp = jnp.asarray(y_poison, dtype).reshape(-1)
+    Xtr, ytr, Xp, yp = _poison_arrays(victim, X_train, y_train, X_poison, y_poison)
     m = Xp.shape[0]
     if poison_weights is None:
         pw = np.ones(m)
     else:
         pw = np.asarray(poison_weights, np.float64).reshape(-1)
         if pw.shape != (m,) or np.any(pw < 0) or not np.all(np.isfinite(pw)):
-            raise ValueError(f"poison_weights must be {m} finite non-negative numbers, got shape {pw.shape}")
-    clean = fit_with_poison(learner, Xtr, ytr, Xp, yp, np.zeros(m)) if clean_params is None else clean_params
-    poisoned = fit_with_poison(learner, Xtr, ytr, Xp, yp, pw)
-    m = float(pw.sum())
+            raise ValueError(f"argument 'poison_weights' must be {m} finite non-negative numbers, got shape {pw.shape}")
+    clean = fit_with_poison(victim, Xtr, ytr, Xp, yp, np.zeros(m)) if clean_params is None else clean_params
+    poisoned = fit_with_poison(victim, Xtr, ytr, Xp, yp, pw)
     X_test, y_test = np.asarray(X_test), np.asarray(y_test)
     tm = np.asarray(test_mask, bool)
-    a = [_acc(learner, p, X_test[m_], y_test[m_]) for p in (clean, poisoned) for m_ in (tm, ~tm)]
+    a = [_acc(victim, p, X_test[m_], y_test[m_]) for p in (clean, poisoned) for m_ in (tm, ~tm)]
     return SubpopulationReport(a[0], a[2], a[1], a[3], a[0] - a[2], a[1] - a[3], int(tm.sum()),
-                               int((~tm).sum()), int(round(m)))
+                               int((~tm).sum()), int(round(float(pw.sum()))))
 
 
 def run_subpopulation_attack(subpopulation, X_train, y_train, X_test, y_test, budget: int, *,
-                             learner: Learner | None = None, seed: int = 0):
+                             victim: Victim | None = None, seed: int = 0):
     """Select the subpopulation (``subpopulation.mask``) in train and test, build the label-flip
-    poison and evaluate it. Returns ``(report, X_poison, y_poison)``."""
-    learner = logistic_learner(1e-2) if learner is None else learner
+    poison and evaluate it (default victim :func:`poisoning.victims.logistic` with ``reg = 1e-2``).
+    Returns ``(report, X_poison, y_poison)``."""
+    victim = victims.logistic(1e-2) if victim is None else victim
     tr = subpopulation.mask(X_train, y_train)
     te = subpopulation.mask(X_test, y_test)
     Xp, yp = subpopulation_label_flip(X_train, y_train, tr, budget, seed)
-    return evaluate_subpopulation(learner, X_train, y_train, Xp, yp, X_test, y_test, te), Xp, yp
+    return evaluate_subpopulation(victim, X_train, y_train, Xp, yp, X_test, y_test, te), Xp, yp
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -375,7 +389,7 @@ def pca_projection(X_train, dim: int):
 
 
 def adult_attributes(dataset, exclude: Sequence[str] = ()) -> dict:
-    """The categorical attributes of :func:`poisoning.data.load_adult` as FeatureMatch atoms
+    """The categorical attributes of :func:`poisoning.datasets.load_adult` as FeatureMatch atoms
     ``{attribute: [(value, column, 1.0), ...]}`` (one-hot columns), for
     :func:`enumerate_feature_matches`; numeric attributes (one column each) are skipped."""
     names = list(dataset.meta["feature_names"])
@@ -461,90 +475,69 @@ def enumerate_feature_matches(attributes: Mapping[str, Sequence[tuple]], X_train
 # ----------------------------------------------------------------------------------------------------
 # the influence-guided label flip
 # ----------------------------------------------------------------------------------------------------
-@functools.partial(jax.jit, static_argnums=0)
-def _weight_hypergrad(learner, X_all, y_all, w_train, c, t, X_tr, y_tr):
-    def objective(c):
-        params = learner.fit(X_all, y_all, jnp.concatenate([w_train, c]))
-        losses = learner.loss(params, X_tr, y_tr)
-        return jnp.sum(t * losses) / jnp.sum(t)
-
-    return jax.value_and_grad(objective)(c)
-
-
-def poison_weight_hypergradient(learner: Learner, X_train, y_train, X_cand, y_cand, cand_weights, target_weights):
-    r"""Value and gradient of the attacker's objective w.r.t. the candidates' example weights.
-
-    :math:`\theta^*(c) = \arg\min_\theta \frac{1}{n + \sum c}\big(\sum_{i\le n} \ell(\theta; x_i, y_i)
-    + \sum_j c_j \ell(\theta; \tilde x_j, \tilde y_j)\big) + \text{reg}` (``learner.fit`` with weights
-    ``[1, ..., 1, c]``) and :math:`J(c) = \sum_i t_i\, \ell(\theta^*(c); x_i, y_i) / \sum_i t_i` over
-    the training rows (``target_weights`` :math:`t`, e.g. the subpopulation's indicator).
-    :math:`\partial J / \partial c_j` at :math:`c_j = 0` is the influence of adding candidate
-    :math:`j` (Koh & Liang 2017); it is computed by implicit differentiation through the fit.
-    Returns ``(J, dJ/dc)``."""
-    dtype = jnp.result_type(float)
-    Xtr, ytr = jnp.asarray(X_train, dtype), jnp.asarray(y_train, dtype)
-    Xc = jnp.asarray(X_cand, dtype).reshape(-1, Xtr.shape[1])
-    yc = jnp.asarray(y_cand, dtype).reshape(-1)
-    c = jnp.asarray(cand_weights, dtype).reshape(-1)
-    t = jnp.asarray(target_weights, dtype).reshape(-1)
-    if c.shape[0] != Xc.shape[0]:
-        raise ValueError(f"cand_weights has {c.shape[0]} entries for {Xc.shape[0]} candidates")
-    if t.shape[0] != Xtr.shape[0] or not float(jnp.sum(t)) > 0:
-        raise ValueError(f"target_weights must be {Xtr.shape[0]} non-negative weights with a positive sum")
-    value, grad = _weight_hypergrad(learner, jnp.concatenate([Xtr, Xc]), jnp.concatenate([ytr, yc]),
-                                    jnp.ones((Xtr.shape[0],), dtype), c, t, Xtr, ytr)
-    return float(value), np.asarray(grad)
+def subpopulation_loss(victim: Victim, params, X, y, target_weights):
+    r"""The attacker's objective :math:`J(\theta) = \sum_i t_i\, \ell(\theta; x_i, y_i) / \sum_i t_i`: the
+    victim's mean loss over the rows of ``(X, y)`` weighted by ``target_weights`` :math:`t` (e.g. the
+    training set and the subpopulation's indicator, so that subpopulations of any size share one
+    compiled loop)."""
+    t = jnp.asarray(target_weights)
+    return jnp.sum(t * victim.loss(params, X, y)) / jnp.sum(t)
 
 
-def subpopulation_influence_flip(learner: Learner, X_train, y_train, train_mask, budget: int, *, rounds: int = 4,
+@functools.lru_cache(maxsize=64)
+def influence_flip_attack(victim: Victim, rounds: int) -> PoisoningAttack:
+    """The influence-guided flip as a :class:`~poisoning.attack.PoisoningAttack` on
+    :class:`~poisoning.attack.PoisonWeights`: objective :func:`subpopulation_loss` (target
+    ``(X_train, y_train, t)``), step rule ``Greedy(rounds=rounds)`` whose schedule — round ``r`` adds one
+    copy to the ``shares[r]`` candidates of largest influence among the first ``cycle``; a share beyond
+    ``cycle`` gives every candidate ``share // cycle`` copies first — is given at run time
+    (``step_state=attack.step.schedule(shares, cycle)``, so every budget and subpopulation share one
+    compiled loop), no gain tolerance, the last iterate returned. Memoized per victim and rounds."""
+    return PoisoningAttack(victim, subpopulation_loss, None, step=Greedy(rounds=int(rounds)), gain_tol=None,
+                           tol=None, return_best=False)
+
+
+def subpopulation_influence_flip(victim: Victim, X_train, y_train, train_mask, budget: int, *, rounds: int = 4,
                                  pad_to: int | None = None, return_history: bool = False):
     r"""Influence-guided subpopulation label flip: like :func:`subpopulation_label_flip` the poison is
     copies of the subpopulation's training points with flipped labels, but the copies per point are
-    chosen greedily to maximize the victim's loss on the subpopulation.
+    chosen greedily to maximize the victim's loss on the subpopulation (:func:`influence_flip_attack`
+    run by :func:`poisoning.attack.run`).
 
     The budget is split into ``rounds`` near-equal shares. In each round the victim is refit on
-    train + current poison (copies as example weights) and :func:`poison_weight_hypergradient` gives
+    train + current poison (copies as example weights) and the hypergradient gives
     :math:`\partial J/\partial c_j`, the influence of one more flipped copy of point :math:`j` on the
     subpopulation's mean training loss :math:`J`; the share ``b`` goes to the ``b`` candidates of
     largest influence (one copy each; ``b`` beyond the subpopulation size gives every point
     ``b // size`` copies and the top ``b % size`` one more). ``rounds=1`` is the one-shot influence
     ranking. ``pad_to`` (>= subpopulation size) pads the candidate array with zero-weight rows so
-    subpopulations of different sizes share one compiled fit.
+    subpopulations of different sizes share one array shape.
 
     Returns ``(idx, counts)`` as :func:`label_flip_counts` (``counts.sum() == budget``), plus the
     objective before each round and after the last one (``return_history``)."""
     X_train = np.asarray(X_train, np.float64).reshape(len(X_train), -1)
-    y_train = np.asarray(y_train, np.float64)
-    if not np.all(np.isin(y_train, (-1, 1))):
-        raise ValueError("y_train: subpopulation_influence_flip needs binary labels in {-1, +1}")
-    budget, rounds = int(budget), int(rounds)
-    if budget < 0:
-        raise ValueError(f"budget must be >= 0, got {budget}")
+    y_train = _binary_labels(y_train)
+    budget, rounds = _check_budget(budget), int(rounds)
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds}")
+        raise ValueError(f"argument 'rounds' must be >= 1, got {rounds}")
     mask = np.asarray(train_mask, bool)
+    if mask.shape != (X_train.shape[0],):
+        raise ValueError(f"argument 'train_mask' must have shape ({X_train.shape[0]},), got {mask.shape}")
     idx = np.flatnonzero(mask)
     if idx.size == 0:
-        raise ValueError("train_mask: the subpopulation has no training points")
+        raise ValueError("argument 'train_mask': the subpopulation has no training points")
     P = idx.size if pad_to is None else int(pad_to)
     if P < idx.size:
-        raise ValueError(f"pad_to must be >= the subpopulation size {idx.size}, got {pad_to}")
+        raise ValueError(f"argument 'pad_to' must be >= the subpopulation size {idx.size}, got {pad_to}")
     Xc = np.zeros((P, X_train.shape[1]))
     Xc[: idx.size] = X_train[idx]
-    yc = np.ones(P)
-    yc[: idx.size] = -y_train[idx]
-    counts = np.zeros(P)
-    t = mask.astype(np.float64)
+    yc = np.ones(P, np.int32)
+    yc[: idx.size] = 1 - y_train[idx]
     shares = np.diff(np.round(np.linspace(0, budget, min(rounds, max(budget, 1)) + 1))).astype(int)
-    history = []
-    for b in shares:
-        value, grad = poison_weight_hypergradient(learner, X_train, y_train, Xc, yc, counts, t)
-        history.append(value)
-        q, rem = divmod(int(b), idx.size)
-        counts[: idx.size] += q
-        top = np.argsort(-grad[: idx.size], kind="stable")[:rem]
-        counts[top] += 1
+    attack = influence_flip_attack(victim, len(shares))
+    res = run(attack, X_train, y_train, PoisonWeights(Xc, yc, np.zeros(P)), (X_train, y_train, mask.astype(float)),
+              steps=len(shares) + 1, step_state=attack.step.schedule(shares, idx.size))
+    counts = np.rint(np.asarray(res.poison.weights)[: idx.size]).astype(np.int64)
     if return_history:
-        history.append(poison_weight_hypergradient(learner, X_train, y_train, Xc, yc, counts, t)[0])
-        return idx, counts[: idx.size].astype(np.int64), history
-    return idx, counts[: idx.size].astype(np.int64)
+        return idx, counts, [float(v) for v in res.history[0]]
+    return idx, counts

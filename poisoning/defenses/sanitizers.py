@@ -23,8 +23,8 @@ al. 2017 (Fig. 1) put the per-class thresholds at the 70th percentile of clean s
 * the slab    :math:`\{x : |\langle x - \mu_y, u_y\rangle| \le s_y\}` (:func:`project_slab`),
 * or both     (:func:`project_sphere_slab`, closed form).
 
-Labels are class indices ``0..K-1`` (as returned by :mod:`poisoning.data`); convert
-:math:`\pm 1` labels with :func:`pm1_to_index`. All score / projection functions are pure JAX,
+Labels are class indices ``0..K-1`` (the project's one convention, as returned by
+:mod:`poisoning.datasets`). All score / projection functions are pure JAX,
 ``jit``-able when ``num_classes`` (and the k-NN settings) are static, and ``vmap``-able over
 points. Input validation (shapes, label range, ``fraction``) raises :class:`ValueError` naming
 the argument; checks that need concrete values (label range, empty classes) are skipped on
@@ -40,6 +40,8 @@ from typing import Any, Callable, Literal, Protocol, runtime_checkable
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from poisoning.feasible import project_slab, project_sphere  # the regions' projections
 
 __all__ = [
     "Sanitizer",
@@ -61,10 +63,6 @@ __all__ = [
     "linear_hinge_losses",
     "remove_fraction_per_class",
     "percentile_thresholds",
-    "project_sphere",
-    "project_slab",
-    "project_sphere_slab",
-    "pm1_to_index",
 ]
 
 Reduction = Literal["sum", "mean", "kth"]
@@ -115,7 +113,7 @@ def _check_y(y, n: int | None, num_classes: int | None, name: str = "y") -> tupl
         if lo < 0:
             raise ValueError(
                 f"{name} must hold class indices 0..K-1, found label {lo} "
-                "(convert +/-1 labels with pm1_to_index)"
+                "(the project's labels are 0..K-1; binary labels are 0/1, not -1/+1)"
             )
         if num_classes is None:
             num_classes = hi + 1
@@ -151,12 +149,6 @@ def _per_class(value, num_classes: int, name: str):
     if value.shape != (num_classes,):
         raise ValueError(f"{name} must be a scalar or have shape ({num_classes},), got {value.shape}")
     return value
-
-
-def pm1_to_index(y):
-    """Map labels in :math:`\\{-1, +1\\}` to class indices :math:`\\{0, 1\\}` (``-1 -> 0``, ``+1 -> 1``)."""
-    y = jnp.asarray(y)
-    return (y > 0).astype(jnp.int32)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -399,106 +391,6 @@ def percentile_thresholds(scores, y, percentile, num_classes: int | None = None)
         raise ValueError(f"percentile must be a scalar in [0, 100], got {percentile!r}")
     y, K = _check_y(y, scores.shape[0], num_classes)
     return _percentile_kernel(scores, y, jnp.asarray(percentile, dtype=jnp.result_type(float)), K)
-
-
-# ---------------------------------------------------------------------------------------------
-# feasible-set projections
-# ---------------------------------------------------------------------------------------------
-
-
-
-def _safe_norm(z):
-    """Euclidean norm over the last axis with a zero (not NaN) gradient at the origin."""
-    sq = jnp.sum(z * z, axis=-1)
-    pos = sq > 0
-    return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
-
-
-
-@jax.jit
-def _project_sphere_kernel(x, y, centroids, radii):
-    mu, r = centroids[y], radii[y]
-    z = x - mu
-    nz = _safe_norm(z)
-    scale = jnp.where(nz > r, r / jnp.where(nz > 0, nz, 1.0), 1.0)
-    return mu + z * scale[..., None]
-
-
-@jax.jit
-def _project_slab_kernel(x, y, centroids, directions, radii):
-    mu, u, s = centroids[y], directions[y], radii[y]
-    t = jnp.sum((x - mu) * u, axis=-1)
-    return x - (t - jnp.clip(t, -s, s))[..., None] * u
-
-
-@jax.jit
-def _project_sphere_slab_kernel(x, y, centroids, directions, R_all, s_all):
-    mu, u, R, s = centroids[y], directions[y], R_all[y], s_all[y]
-    z = x - mu
-    t = jnp.sum(z * u, axis=-1)
-    w = z - t[..., None] * u
-    p = _safe_norm(w)
-    e = w / jnp.where(p > 0, p, 1.0)[..., None]
-    rho = _safe_norm(jnp.stack([t, p], -1))
-    sc = jnp.where(rho > R, R / jnp.where(rho > 0, rho, 1.0), 1.0)
-    t1, p1 = t * sc, p * sc
-    ok1 = jnp.abs(t1) <= s
-    t2 = jnp.clip(t, -s, s)
-    ok2 = t2 * t2 + p * p <= R * R
-    t3 = jnp.sign(t) * jnp.minimum(s, R)
-    p3 = jnp.sqrt(jnp.maximum(R * R - t3 * t3, 0.0))
-    tn = jnp.where(ok1, t1, jnp.where(ok2, t2, t3))
-    pn = jnp.where(ok1, p1, jnp.where(ok2, p, p3))
-    return mu + tn[..., None] * u + pn[..., None] * e
-
-
-def project_sphere(x, y, centroids, radii):
-    r"""Euclidean projection onto the ball :math:`\{z : \|z - \mu_y\|_2 \le r_y\}`.
-
-    Closed form :math:`\mu_y + (x - \mu_y)\min(1, r_y / \|x - \mu_y\|)`. ``x`` has shape
-    ``(..., d)`` and ``y`` shape ``(...)``; ``radii`` is a scalar or ``(K,)``.
-    """
-    x = jnp.asarray(x)
-    centroids = _check_centroids(centroids, x.shape[-1])
-    radii = _per_class(radii, centroids.shape[0], "radii")
-    return _project_sphere_kernel(x, jnp.asarray(y), centroids, radii)
-
-
-def project_slab(x, y, centroids, directions, radii):
-    r"""Euclidean projection onto the slab :math:`\{z : |\langle z - \mu_y, u_y\rangle| \le s_y\}`.
-
-    Closed form (``u_y`` unit): :math:`x - (t - \mathrm{clip}(t, -s_y, s_y))\,u_y` with
-    :math:`t = \langle x - \mu_y, u_y\rangle`.
-    """
-    x = jnp.asarray(x)
-    centroids = _check_centroids(centroids, x.shape[-1])
-    directions = _check_centroids(directions, x.shape[-1], "directions")
-    radii = _per_class(radii, centroids.shape[0], "radii")
-    return _project_slab_kernel(x, jnp.asarray(y), centroids, directions, radii)
-
-
-def project_sphere_slab(x, y, centroids, directions, sphere_radii, slab_radii):
-    r"""Exact projection onto the intersection of the sphere and the slab around :math:`\mu_y`.
-
-    Both sets are centred at :math:`\mu_y`, so the problem lives in the plane spanned by
-    :math:`u = u_y` and :math:`e = w_\perp/\|w_\perp\|`, with :math:`z = x - \mu_y = t u + w_\perp`,
-    :math:`t = \langle z, u\rangle`, :math:`p = \|w_\perp\|`. With :math:`R = r_y` and
-    :math:`s = s_y`, the answer :math:`(t', p')` is the first of
-
-    1. the ball projection :math:`(t, p) \min(1, R/\|(t,p)\|)` if :math:`|t'| \le s`;
-    2. the slab projection :math:`(\mathrm{clip}(t,-s,s), p)` if :math:`t'^2 + p^2 \le R^2`;
-    3. the corner :math:`(\mathrm{sign}(t)\, s, \sqrt{R^2 - s^2})`
-
-    (a projection onto a superset that lands in the intersection is the projection onto it;
-    otherwise the projection lies on both boundaries). Returns :math:`\mu_y + t' u + p' e`.
-    """
-    x = jnp.asarray(x)
-    centroids = _check_centroids(centroids, x.shape[-1])
-    directions = _check_centroids(directions, x.shape[-1], "directions")
-    K = centroids.shape[0]
-    R_all = _per_class(sphere_radii, K, "sphere_radii")
-    s_all = _per_class(slab_radii, K, "slab_radii")
-    return _project_sphere_slab_kernel(x, jnp.asarray(y), centroids, directions, R_all, s_all)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,12 +1,18 @@
 """Implicit differentiation (custom_jvp): closed forms, both AD modes, higher order, closures, failures."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from bilevel import (
+    CG,
+    GMRES,
+    LU,
     ConvergenceError,
+    Implicit,
     ImplicitConfig,
     custom_fixed_point,
     custom_root,
@@ -155,7 +161,35 @@ def test_adjoint_failure_raises_eager_and_jit():
 def test_config_validation():
     with pytest.raises(ValueError, match="linear_solver"):
         ImplicitConfig(linear_solver="nope")
+    with pytest.raises(TypeError, match="linear_solver"):
+        ImplicitConfig(linear_solver=3)
     with pytest.raises(ValueError, match="on_failure"):
         ImplicitConfig(on_failure="explode")
     with pytest.raises(ValueError, match="ridge"):
-        ImplicitConfig(ridge=-1.0)
+        ImplicitConfig(linear_solver=CG(ridge=-1.0))
+    with pytest.raises(ValueError, match="root_tol"):
+        ImplicitConfig(root_tol=0.0)
+    with pytest.raises(ValueError, match="root_tol"):
+        ImplicitConfig(root_tol=float("nan"))
+    with pytest.raises(ValueError, match="symmetric"):
+        ImplicitConfig(symmetric="yes")
+
+
+def test_one_config_object():
+    """Implicit is an ImplicitConfig (no copied fields); the default adjoint solver follows symmetry."""
+    assert issubclass(Implicit, ImplicitConfig)
+    assert [f.name for f in dataclasses.fields(Implicit)] == [f.name for f in dataclasses.fields(ImplicitConfig)]
+    assert Implicit().symmetric and Implicit().solver == CG()
+    assert ImplicitConfig().solver == GMRES() and ImplicitConfig(symmetric=True).solver == CG()
+    assert ImplicitConfig(linear_solver="lu").solver == LU()
+    solver = CG(tol=1e-8, maxiter=7, ridge=1e-3)
+    assert Implicit(linear_solver=solver).solver is solver
+
+
+def test_settings_live_in_the_solver_object_only():
+    """One place per setting: the adjoint solver's tol / maxiter / ridge are not keywords of Implicit."""
+    for kw in ("tol", "maxiter", "ridge", "adjoint_tol"):
+        with pytest.raises(TypeError):
+            Implicit(**{kw: 1e-3})
+        with pytest.raises(TypeError):
+            ImplicitConfig(**{kw: 1e-3})

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from bilevel import ConvergenceError
+from bilevel import CG, ConvergenceError, Cholesky, LiSSA
 from bilevel.influence import (
     compute_s_test,
     influence_loss,
@@ -265,21 +265,19 @@ def hvp_problem(logreg):
 
 
 @pytest.mark.parametrize(
-    "solver, damping, kw, rtol",
+    "solver, damping, rtol",
     [
-        ("cg", 0.0, {}, 1e-7),
-        ("cholesky", 0.0, {}, 1e-9),
-        ("cg", 0.05, {}, 1e-7),
-        ("lissa", 0.05, {"scale": 2.0, "depth": 1500}, 1e-7),
+        ("cg", 0.0, 1e-7),
+        (Cholesky(), 0.0, 1e-9),
+        (CG(ridge=0.05), 0.05, 1e-7),
+        (LiSSA(ridge=0.05, scale=2.0, depth=1500), 0.05, 1e-7),
     ],
 )
-def test_inverse_hvp_matches_dense_solve(logreg, hvp_problem, solver, damping, kw, rtol):
+def test_inverse_hvp_matches_dense_solve(logreg, hvp_problem, solver, damping, rtol):
     objective, params, v = hvp_problem
-    x, res = jax.jit(
-        lambda p, v: inverse_hvp(
-            objective, p, v, linear_solver=solver, damping=damping, return_residual=True, **kw
-        )
-    )(params, v)
+    x, res = jax.jit(lambda p, v: inverse_hvp(objective, p, v, linear_solver=solver, return_residual=True))(
+        params, v
+    )
     ref = np.linalg.solve(logreg["H"] + damping * np.eye(65), flat(v))
     err = np.linalg.norm(flat(x) - ref) / np.linalg.norm(ref)
     assert err < rtol, (solver, err, res)
@@ -303,8 +301,8 @@ def test_inverse_hvp_stochastic_lissa(logreg, hvp_problem):
 
     x, res = jax.jit(
         lambda p, v, k: inverse_hvp(
-            objective, p, v, linear_solver="lissa", damping=damping, sample_matvec=sample, key=k,
-            return_residual=True, **lissa,
+            objective, p, v, linear_solver=LiSSA(ridge=damping, key=k, **lissa), sample_matvec=sample,
+            return_residual=True,
         )
     )(params, v, jax.random.key(0))
     ref = np.linalg.solve(logreg["H"] + damping * np.eye(65), flat(v))
@@ -312,12 +310,12 @@ def test_inverse_hvp_stochastic_lissa(logreg, hvp_problem):
     print(f"\n[influence] stochastic LiSSA rel err {err:.2e} (residual {float(res):.2e})")
     assert err < 0.05
 
-    # the same through compute_s_test(hessian_batch_size=...): s_test of the mean test loss
+    # the same through compute_s_test and LiSSA(batch_size=...): s_test of the mean test loss
     test = jax.tree_util.tree_map(lambda a: a[:20], logreg["test"])
     s = jax.jit(
         lambda p, k: compute_s_test(
-            loss, p, train, test, reduction="mean", reg_fn=reg_fn, linear_solver="lissa", damping=damping,
-            hessian_batch_size=50, key=k, solver_kw=lissa,
+            loss, p, train, test, reduction="mean", reg_fn=reg_fn,
+            linear_solver=LiSSA(ridge=damping, batch_size=50, key=k, **lissa),
         )
     )(params, jax.random.key(1))
     g = flat(jax.grad(lambda p: jnp.mean(jax.vmap(loss, in_axes=(None, 0))(p, test)))(params))
@@ -415,43 +413,45 @@ def test_non_convergent_inverse_hvp_raises(logreg, hvp_problem):
     objective, params, v = hvp_problem
     # condition number of H is ~700: one CG iteration is far from the solution
     with pytest.raises(ConvergenceError, match="did not converge"):
-        inverse_hvp(objective, params, v, linear_solver="cg", maxiter=1)
+        inverse_hvp(objective, params, v, linear_solver=CG(maxiter=1))
     # same under jit: raised from the compiled computation (JAX wraps it, the message survives)
-    jitted = jax.jit(lambda p: inverse_hvp(objective, p, v, linear_solver="cg", maxiter=1))
+    jitted = jax.jit(lambda p: inverse_hvp(objective, p, v, linear_solver=CG(maxiter=1)))
     with pytest.raises(Exception, match="did not converge"):
         jax.block_until_ready(jitted(params))
     # LiSSA with scale below lambda_max / 2 diverges (inf/NaN): never a silent NaN
     lam_max = float(np.linalg.eigvalsh(logreg["H"]).max())
     with pytest.raises(ConvergenceError, match="did not converge"):
-        inverse_hvp(objective, params, v, linear_solver="lissa", scale=0.1 * lam_max, depth=300)
-    # a merely loose solve is caught by residual_tol, and the policies "warn" / "ignore" return it
+        inverse_hvp(objective, params, v, linear_solver=LiSSA(scale=0.1 * lam_max, depth=300))
+    # a merely loose solve is caught by the failure threshold, and the policies "warn" / "ignore" return it
     with pytest.warns(RuntimeWarning, match="did not converge"):
-        inverse_hvp(objective, params, v, linear_solver="cg", maxiter=1, on_failure="warn")
-    x, res = inverse_hvp(
-        objective, params, v, linear_solver="cg", maxiter=1, on_failure="ignore", return_residual=True
-    )
+        inverse_hvp(objective, params, v, linear_solver=CG(maxiter=1), on_failure="warn")
+    x, res = inverse_hvp(objective, params, v, linear_solver=CG(maxiter=1), on_failure="ignore", return_residual=True)
     assert float(res) > 1e-3 and np.all(np.isfinite(flat(x)))
     # influence functions propagate the check
     loss, train = logreg["loss"], logreg["train"]
     two = jax.tree_util.tree_map(lambda a: a[:2], train)
     with pytest.raises(ConvergenceError):
-        influence_params(loss, params, train, two, reg_fn=logreg["reg_fn"], maxiter=1)
+        influence_params(loss, params, train, two, reg_fn=logreg["reg_fn"], linear_solver=CG(maxiter=1))
 
 
 def test_argument_validation(logreg):
     loss, train, params = logreg["loss"], logreg["train"], logreg["params"]
     test = jax.tree_util.tree_map(lambda a: a[:2], logreg["test"])
-    with pytest.raises(ValueError, match="lissa"):
-        compute_s_test(loss, params, train, test, hessian_batch_size=10, key=jax.random.key(0))
     with pytest.raises(ValueError, match="key"):
-        compute_s_test(loss, params, train, test, linear_solver="lissa", hessian_batch_size=10)
+        compute_s_test(loss, params, train, test, linear_solver=LiSSA(batch_size=10))
+    with pytest.raises(ValueError, match="sample_matvec"):
+        inverse_hvp(training_objective(loss, train), params, params, linear_solver=LiSSA(batch_size=10))
+    with pytest.raises(ValueError, match="sample_matvec"):
+        inverse_hvp(training_objective(loss, train), params, params, sample_matvec=lambda v, k: v)
     with pytest.raises(ValueError, match="reduction"):
         influence_loss(loss, params, train, test, reduction="max")
     with pytest.raises(ValueError, match="linear_solver"):
         influence_loss(loss, params, train, test, linear_solver="qr")
     with pytest.raises(ValueError, match="s_test"):
         influence_loss(loss, params, train)
-    with pytest.raises(ValueError, match="damping"):
-        inverse_hvp(training_objective(loss, train), params, params, damping=-1.0)
+    with pytest.raises(ValueError, match="ridge"):
+        inverse_hvp(training_objective(loss, train), params, params, linear_solver=CG(ridge=-1.0))
+    with pytest.raises(TypeError, match="damping"):  # the old name is gone: the ridge is the solver's
+        inverse_hvp(training_objective(loss, train), params, params, damping=0.1)
     with pytest.raises(ValueError, match="weights"):
         training_objective(loss, train, weights=jnp.ones(3))

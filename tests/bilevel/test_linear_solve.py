@@ -7,6 +7,7 @@ the loops/vmap comparisons reuse it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 
 from bilevel import linear_solve as ls
-from bilevel.linear_solve import LinearSolution, get_solver
+from bilevel.linear_solve import LinearSolution, as_linear_solver
 
 N = 20  # total size of the system
 W_SHAPE = (4, 3)  # the pytree: {"w": (4, 3), "bias": (8,)}
@@ -34,6 +35,13 @@ TOL = {  # on the relative error vs numpy.linalg.solve (float64)
     "lissa": 1e-6,
 }
 STATIC = {"neumann": {"maxiter": 500, "tol": 1e-13}, "lissa": {"depth": 600}}
+
+
+def make(name, **settings):
+    """The solver ``name`` with the given settings, dropping those it does not have (e.g. tol for LU)."""
+    cls = ls.SOLVERS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in settings.items() if k in fields})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -81,12 +89,12 @@ def dyn_kwargs(name, a_ridged):
 @functools.lru_cache(maxsize=None)
 def runner(name, static=()):
     """jit(a, b_flat, ridge, dyn, x0_flat=None) -> (x_flat, residual), solving on the dict pytree."""
-    solver = ls.SOLVERS[name]
     kw = {**STATIC.get(name, {}), **dict(static)}
 
     def run(a, b_flat, ridge, dyn, x0_flat=None):
         x0 = None if x0_flat is None else to_tree(x0_flat)
-        sol = solver(lambda t: to_tree(a @ to_flat(t)), to_tree(b_flat), ridge=ridge, x0=x0, **dyn, **kw)
+        solver = make(name, ridge=ridge, **dyn, **kw)
+        sol = solver(lambda t: to_tree(a @ to_flat(t)), to_tree(b_flat), x0)
         assert isinstance(sol, LinearSolution)
         assert jax.tree_util.tree_structure(sol.x) == jax.tree_util.tree_structure(to_tree(b_flat))
         assert sol.x["w"].shape == W_SHAPE and sol.x["bias"].shape == (N - K,)
@@ -167,12 +175,11 @@ def test_single_array_and_tuple_rhs(name):
     a = spd_matrix(4)
     b = np.random.default_rng(5).standard_normal(N)
     x_ref = np.linalg.solve(a, b)
-    kw = {**STATIC.get(name, {}), **dyn_kwargs(name, a)}
-    solver = ls.SOLVERS[name]
+    solver = make(name, **STATIC.get(name, {}), **dyn_kwargs(name, a))
 
     def run(a, b):
-        single = solver(lambda v: a @ v, b, **kw)
-        tup = solver(lambda t: (lambda y: (y[:7], y[7:]))(a @ jnp.concatenate(t)), (b[:7], b[7:]), **kw)
+        single = solver(lambda v: a @ v, b)
+        tup = solver(lambda t: (lambda y: (y[:7], y[7:]))(a @ jnp.concatenate(t)), (b[:7], b[7:]))
         return single, tup
 
     single, tup = jax.jit(run)(a, b)
@@ -209,7 +216,7 @@ def test_neumann_is_the_truncated_series():
     alpha, k = 0.1, 5
     m = np.eye(N) - alpha * a
     expected = alpha * sum(np.linalg.matrix_power(m, j) @ b for j in range(k + 1))
-    sol = ls.solve_neumann(lambda v: jnp.asarray(a) @ v, jnp.asarray(b), alpha=alpha, maxiter=k, tol=0.0)
+    sol = ls.Neumann(alpha=alpha, maxiter=k, tol=0.0)(lambda v: jnp.asarray(a) @ v, jnp.asarray(b))
     np.testing.assert_allclose(sol.x, expected, rtol=1e-12)
 
 
@@ -218,8 +225,8 @@ def test_neumann_stops_early():
     a = 0.5 * np.eye(4)
     b = jnp.ones(4)
     # alpha = 1: terms are 0.5^k, the k-th term is below 1e-3 * ||x|| (~2) after ~11 terms
-    early = ls.solve_neumann(lambda v: jnp.asarray(a) @ v, b, alpha=1.0, maxiter=100, tol=1e-3)
-    full = ls.solve_neumann(lambda v: jnp.asarray(a) @ v, b, alpha=1.0, maxiter=100, tol=0.0)
+    early = ls.Neumann(alpha=1.0, maxiter=100, tol=1e-3)(lambda v: jnp.asarray(a) @ v, b)
+    full = ls.Neumann(alpha=1.0, maxiter=100, tol=0.0)(lambda v: jnp.asarray(a) @ v, b)
     assert 1e-5 < float(early.residual) < 1e-2
     assert float(full.residual) < 1e-14
 
@@ -233,10 +240,8 @@ def test_lissa_is_the_recursion():
     for _ in range(depth):
         x = b + x - ar @ x / s
     mv = lambda v: jnp.asarray(a) @ v
-    sol = ls.solve_lissa(mv, jnp.asarray(b), ridge=ridge, scale=s, depth=depth)
+    sol = ls.LiSSA(ridge=ridge, scale=s, depth=depth)(mv, jnp.asarray(b))
     np.testing.assert_allclose(sol.x, x / s, rtol=1e-12)
-    # depth defaults to maxiter
-    np.testing.assert_array_equal(ls.solve_lissa(mv, jnp.asarray(b), ridge=ridge, scale=s, maxiter=depth).x, sol.x)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -261,8 +266,8 @@ def test_lissa_stochastic_minibatch_hessian():
     @jax.jit
     def run(key, ridge):
         kw = dict(ridge=ridge, scale=10.0, depth=300)
-        sto = ls.solve_lissa(lambda v: hess @ v, b, key=key, sample_matvec=sample_matvec, repeats=8, **kw)
-        det = ls.solve_lissa(lambda v: hess @ v, b, **kw)
+        sto = ls.LiSSA(key=key, repeats=8, **kw)(lambda v: hess @ v, b, sample_matvec=sample_matvec)
+        det = ls.LiSSA(**kw)(lambda v: hess @ v, b)
         return sto, det
 
     sol, det = run(jax.random.PRNGKey(0), ridge)
@@ -289,7 +294,7 @@ def test_mixed_precision_pytree():
         y = jnp.asarray(a) @ jnp.concatenate([t["lo"].astype(jnp.float64), t["hi"]])
         return {"lo": y[:2].astype(jnp.float32), "hi": y[2:]}
 
-    sol = jax.jit(lambda b: ls.solve_cg(mv, b, tol=1e-12))(b)
+    sol = jax.jit(lambda b: ls.CG(tol=1e-12)(mv, b))(b)
     assert sol.x["lo"].dtype == jnp.float32 and sol.x["hi"].dtype == jnp.float64
     x_ref = np.linalg.solve(a, np.r_[1.0, 1.0, 1.0, 2.0, 3.0])
     assert rel_err(np.r_[sol.x["lo"], sol.x["hi"]], x_ref) < 1e-6
@@ -306,8 +311,8 @@ def test_lissa_uses_sample_matvec_and_fresh_keys():
         jax.debug.callback(lambda k: seen.append(np.asarray(k).tobytes()), jax.random.key_data(key))
         return 2.0 * (a @ v)
 
-    sol = ls.solve_lissa(
-        lambda v: a @ v, b, key=jax.random.PRNGKey(3), sample_matvec=sample_matvec, scale=25.0, depth=400, repeats=2
+    sol = ls.LiSSA(key=jax.random.PRNGKey(3), scale=25.0, depth=400, repeats=2)(
+        lambda v: a @ v, b, sample_matvec=sample_matvec
     )
     jax.effects_barrier()
     assert len(seen) == 800 and len(set(seen)) == 800
@@ -353,7 +358,7 @@ def test_vmap_over_batched_operators(name):
 def test_inside_custom_linear_solve_and_grad(name):
     """The solvers serve as the ``solve`` of ``lax.custom_linear_solve``; gradients flow through."""
     a = jnp.asarray(spd_matrix(21))
-    solver = ls.SOLVERS[name]
+    solver = ls.SOLVERS[name]()
 
     def f(b):
         x = jax.lax.custom_linear_solve(lambda v: a @ v, b, solve=lambda mv, rhs: solver(mv, rhs).x, symmetric=True)
@@ -386,7 +391,7 @@ def test_cg_few_iterations_reports_large_residual():
 def test_gmres_few_restarts_reports_large_residual():
     a = ill_conditioned()
     b = np.random.default_rng(24).standard_normal(N)
-    sol = ls.solve_gmres(lambda v: jnp.asarray(a) @ v, jnp.asarray(b), maxiter=1, restart=2)
+    sol = ls.GMRES(maxiter=1, restart=2)(lambda v: jnp.asarray(a) @ v, jnp.asarray(b))
     assert float(sol.residual) > 1e-3
 
 
@@ -424,54 +429,106 @@ def test_nan_operator_gives_nan_residual(name):
 # argument validation and registry
 
 
-def test_solvers_registry_and_get_solver():
+def test_solvers_registry_and_as_linear_solver():
     assert list(ls.SOLVERS) == ALL
-    assert get_solver("cg") is ls.solve_cg
-    assert get_solver("lissa") is ls.solve_lissa
-    custom = lambda matvec, b, **kw: LinearSolution(b, jnp.asarray(0.0))
-    assert get_solver(custom) is custom
+    assert as_linear_solver("cg") == ls.CG() and as_linear_solver("lissa") == ls.LiSSA()
+    assert as_linear_solver(ls.GMRES) == ls.GMRES()
+    obj = ls.CG(tol=1e-6, ridge=0.1)
+    assert as_linear_solver(obj) is obj
+    custom = lambda matvec, b: LinearSolution(b, jnp.asarray(0.0))
+    wrapped = as_linear_solver(custom)
+    assert isinstance(wrapped, ls.FunctionSolver) and wrapped.fn is custom
     with pytest.raises(ValueError, match="linear_solver") as info:
-        get_solver("conjugate_gradient")
+        as_linear_solver("conjugate_gradient")
     assert "'cg'" in str(info.value) and "'lissa'" in str(info.value)
     with pytest.raises(TypeError, match="linear_solver"):
-        get_solver(3)
+        as_linear_solver(3)
+
+
+def test_function_solver_may_return_a_bare_solution():
+    """A jaxopt-style solve function returning x only gets its residual measured here."""
+    a = jnp.asarray(spd_matrix(3, n=5))
+    b = jnp.arange(1.0, 6.0)
+    solver = as_linear_solver(lambda mv, rhs: jnp.linalg.solve(a, rhs))
+    sol = solver(lambda v: a @ v, b)
+    np.testing.assert_allclose(sol.x, np.linalg.solve(np.asarray(a), np.asarray(b)), rtol=1e-12)
+    assert float(sol.residual) < 1e-13
+    wrong = as_linear_solver(lambda mv, rhs: rhs[:2])
+    with pytest.raises(ValueError, match="LinearSolution or a pytree like b"):
+        wrong(lambda v: a @ v, b)
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_argument_validation(name):
-    solver = ls.SOLVERS[name]
+def test_field_validation(name):
+    cls = ls.SOLVERS[name]
+    fields = {f.name for f in dataclasses.fields(cls)}
+    with pytest.raises(ValueError, match="ridge"):
+        cls(ridge=-0.1)
+    with pytest.raises(ValueError, match="ridge"):
+        cls(ridge=np.float64(-1.0))
+    with pytest.raises(ValueError, match="ridge"):
+        cls(ridge=float("nan"))
+    if "maxiter" in fields:
+        with pytest.raises(ValueError, match="maxiter"):
+            cls(maxiter=0)
+        with pytest.raises(ValueError, match="maxiter"):
+            cls(maxiter=2.5)
+    if "tol" in fields:
+        with pytest.raises(ValueError, match="tol"):
+            cls(tol=-1.0)
+        with pytest.raises(ValueError, match="tol"):
+            cls(tol="small")
+    solver = cls()
     mv = lambda v: v
-    b = jnp.ones(3)
-    with pytest.raises(ValueError, match="ridge"):
-        solver(mv, b, ridge=-0.1)
-    with pytest.raises(ValueError, match="ridge"):
-        solver(mv, b, ridge=np.float64(-1.0))
-    with pytest.raises(ValueError, match="maxiter"):
-        solver(mv, b, maxiter=0)
-    with pytest.raises(ValueError, match="maxiter"):
-        solver(mv, b, maxiter=2.5)
-    with pytest.raises(ValueError, match="tol"):
-        solver(mv, b, tol=-1.0)
     with pytest.raises(ValueError, match="x0"):
-        solver(mv, b, x0=jnp.ones(4))
-    with pytest.raises(ValueError, match="b must"):
+        solver(mv, jnp.ones(3), jnp.ones(4))
+    with pytest.raises(ValueError, match="'b' must"):
         solver(mv, jnp.ones(3, dtype=jnp.int32))
+    with pytest.raises(TypeError, match="matvec"):
+        solver(None, jnp.ones(3))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        solver.ridge = 1.0
 
 
 def test_solver_specific_validation():
-    mv = lambda v: v
-    b = jnp.ones(3)
     with pytest.raises(ValueError, match="alpha"):
-        ls.solve_neumann(mv, b, alpha=0.0)
+        ls.Neumann(alpha=0.0)
     with pytest.raises(ValueError, match="scale"):
-        ls.solve_lissa(mv, b, scale=-1.0)
+        ls.LiSSA(scale=-1.0)
     with pytest.raises(ValueError, match="depth"):
-        ls.solve_lissa(mv, b, depth=0)
+        ls.LiSSA(depth=0)
     with pytest.raises(ValueError, match="repeats"):
-        ls.solve_lissa(mv, b, repeats=0)
+        ls.LiSSA(repeats=0)
+    with pytest.raises(ValueError, match="batch_size"):
+        ls.LiSSA(batch_size=0)
     with pytest.raises(ValueError, match="key"):
-        ls.solve_lissa(mv, b, sample_matvec=lambda v, k: v)
+        ls.LiSSA()(lambda v: v, jnp.ones(3), sample_matvec=lambda v, k: v)
     with pytest.raises(ValueError, match="restart"):
-        ls.solve_gmres(mv, b, restart=0)
+        ls.GMRES(restart=0)
     with pytest.raises(ValueError, match="solve_method"):
-        ls.solve_gmres(mv, b, solve_method="qr")
+        ls.GMRES(solve_method="qr")
+
+
+def test_tolerances_follow_the_dtype():
+    """tol=None resolves to eps**(2/3) of b's dtype; the failure threshold to max(100 tol, eps**(1/3))."""
+    for dtype, tol, floor in ((jnp.float64, 3.7e-11, 6.1e-6), (jnp.float32, 2.4e-5, 4.9e-3)):
+        assert ls.default_tol(dtype) == pytest.approx(tol, rel=0.02)
+        assert ls.failure_floor(dtype) == pytest.approx(floor, rel=0.02)
+        assert ls.CG().resolved_tol(dtype) == ls.default_tol(dtype)
+        assert ls.CG().failure_tol(dtype) == pytest.approx(max(100 * tol, floor), rel=0.02)
+        assert ls.CG(tol=1e-3).failure_tol(dtype) == pytest.approx(0.1)
+        assert ls.Cholesky().failure_tol(dtype) == ls.failure_floor(dtype)
+    assert ls.LiSSA(batch_size=4).failure_tol(jnp.float64) == 1.0
+    assert ls.LiSSA().failure_tol(jnp.float64) == ls.failure_floor(jnp.float64)
+
+
+def test_legacy_get_solver_adapter():
+    """The pre-object signature solve(matvec, b, *, ridge, tol, maxiter) still works (for old callers)."""
+    a = jnp.asarray(spd_matrix(5, n=6))
+    b = jnp.ones(6)
+    ref = np.linalg.solve(np.asarray(a) + 0.5 * np.eye(6), np.ones(6))
+    for name in ("cg", "cholesky"):
+        sol = ls.get_solver(name)(lambda v: a @ v, b, ridge=0.5, tol=1e-12, maxiter=50)
+        np.testing.assert_allclose(sol.x, ref, rtol=1e-9)
+    with pytest.raises(ValueError, match="restart"):
+        ls.get_solver("cg")(lambda v: a @ v, b, restart=3)

@@ -106,7 +106,7 @@ def test_resolve_data_dir(monkeypatch, tmp_path):
     assert _cli.resolve_data_dir("explicit") == _cli.Path("explicit")
     assert _cli.resolve_data_dir(None) == tmp_path
     monkeypatch.delenv(_cli.DATA_DIR_ENV)
-    assert _cli.resolve_data_dir(None, try_shared=False) is None
+    assert _cli.resolve_data_dir(None) is None
     # The product never falls back to the workplace's ../shared/data on its own.
     assert _cli.resolve_data_dir(None) is None
 

@@ -2,11 +2,12 @@
 
 import json
 
+import pytest
+
 from experiments import jagielski2018
 
 
 def test_jagielski2018_quick_writes_results(tmp_path):
-    # n_val == n_train: BGD (training objective) and OptP (validation objective) share one compiled loop
     results = jagielski2018.main(["--dataset", "diabetes", "--n-train", "60", "--n-val", "60", "--n-test", "60",
                                   "--rates", "0", "0.1", "--init", "inverse", "--quick", "--out", str(tmp_path)])
     on_disk = json.loads((tmp_path / "results.json").read_text())
@@ -16,5 +17,13 @@ def test_jagielski2018_quick_writes_results(tmp_path):
         assert {"poison_rate", "mse_clean", "mse_statp", "mse_bgd", "mse_optp", "seconds"} <= set(r)
     assert rows[0]["mse_optp"] == rows[0]["mse_clean"]
     assert rows[1]["n_poison"] == 7 and rows[1]["mse_optp"] > rows[1]["mse_clean"]
+    assert rows[1]["optp_objective"] >= rows[1]["optp_objective_start"] and rows[1]["optp_init"] == "inverse"
     assert on_disk["rows"][1]["mse_optp"] == results["rows"][1]["mse_optp"]
     assert (tmp_path / "mse_vs_rate.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_make_victim():
+    assert jagielski2018.make_victim("ols").name == "ridge(reg=1e-06)"
+    assert jagielski2018.make_victim("enet", 0.01).name == "elastic-net(reg=0.01, l1_ratio=0.5)"
+    with pytest.raises(ValueError, match="model"):
+        jagielski2018.make_victim("svr")

@@ -1,30 +1,29 @@
-"""The poisoning-attack abstraction: hypergradients vs finite differences, feasible sets, run modes."""
+"""The attack driver: hypergradients of every victim through it vs finite differences, one objective
+against three victims, modes, results, and bad input naming the argument."""
 
-import re
+import warnings
 
+import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
-import poisoning.attack as attack_mod
-from poisoning.attack import (
-    AttackResult,
-    PoisoningAttack,
-    hypergradient,
-    linear_svm_learner,
-    logistic_learner,
-    ridge_learner,
-    run,
-    run_stackelberg,
-)
-from poisoning.feasible import Box, Intersection, L2Ball, LinfBall
-from poisoning.objectives import classification_error, error_generic, error_specific
+from bilevel import CG, Implicit
+from bilevel.solvers import LBFGS
+from bilevel.stackelberg import Backtrack, fixed_step
+from poisoning import victims
+from poisoning.attack import PoisoningAttack, PoisonPoints, attack_value, hypergradient, run
+from poisoning.feasible import Box, Product
+from poisoning.objectives import error_generic
 
 
-def _blobs(n=24, d=3, seed=0):
+def _blobs(n=24, d=3, seed=0, k=2):
     rng = np.random.default_rng(seed)
-    y = np.where(np.arange(n) % 2 == 0, 1.0, -1.0)
-    X = 0.5 + 0.15 * y[:, None] * np.ones(d) + 0.12 * rng.standard_normal((n, d))
+    y = np.arange(n) % k
+    centers = 0.5 + 0.15 * np.eye(k, d)[y] - 0.15 * (y == 0)[:, None]
+    X = centers + 0.12 * rng.standard_normal((n, d))
     return X, y
 
 
@@ -32,9 +31,7 @@ def _blobs(n=24, d=3, seed=0):
 def problem():
     X, y = _blobs(30, 3, 0)
     Xv, yv = _blobs(40, 3, 1)
-    Xp = X[:2].copy() + 0.01
-    yp = -y[:2]
-    return X, y, Xp, yp, Xv, yv
+    return X, y, X[:2].copy() + 0.01, 1 - y[:2], Xv, yv
 
 
 def _central_fd(f, x, eps):
@@ -46,104 +43,184 @@ def _central_fd(f, x, eps):
     return g
 
 
-@pytest.mark.parametrize("learner", [logistic_learner(1e-2), ridge_learner(1e-1)], ids=["logistic", "ridge"])
-def test_hypergradient_matches_finite_differences_smooth(problem, learner):
+class TinyNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(2)(jnp.tanh(nn.Dense(4)(x)))
+
+
+SMOOTH = {
+    "logistic": lambda: victims.logistic(1e-2),
+    "adaline": lambda: victims.adaline(1e-2),
+    "softmax": lambda: victims.softmax(2, 1e-2, solver=LBFGS(tol=1e-12, maxiter=2000)),
+    "smooth_svm": lambda: victims.smooth_svm(0.05, 0.1, tol=1e-12),
+    "mlp": lambda: victims.mlp(2, 3, 1e-2, solver=LBFGS(tol=1e-12, maxiter=3000), method=Implicit(linear_solver=CG(tol=1e-13))),
+    "network_unrolled": lambda: victims.network(TinyNet(), 2, steps=15, learning_rate=0.5),
+    "network_backgradient": lambda: victims.network(TinyNet(), 2, steps=15, learning_rate=0.3, momentum=0.9,
+                                                    reverse="backgradient"),
+}
+
+
+@pytest.mark.parametrize("name", list(SMOOTH))
+def test_hypergradient_through_the_driver_matches_finite_differences(problem, name):
     X, y, Xp, yp, Xv, yv = problem
-    att = PoisoningAttack(learner)
-    hg = jax.jit(lambda xp: hypergradient(att, xp, X, y, yp, Xv, yv))  # one compilation for both
+    att = PoisoningAttack(SMOOTH[name](), error_generic)
+    hg = jax.jit(lambda xp: hypergradient(att, X, y, PoisonPoints(xp, yp), (Xv, yv)))  # one compilation
     _, g, _ = hg(Xp)
     fd = _central_fd(lambda xp: float(hg(xp)[0]), Xp, 1e-5)
-    np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-5, atol=1e-8)
+    assert np.max(np.abs(fd)) > 1e-6
+    rtol = 2e-3 if name == "network_backgradient" else 1e-5  # exact reversal of a fixed-point trajectory
+    np.testing.assert_allclose(np.asarray(g), fd, rtol=rtol, atol=1e-8 if rtol < 1e-4 else 1e-6)
 
 
-def test_hypergradient_matches_finite_differences_svm(problem):
-    """Through the SVM dual's KKT map; a small perturbation keeps the active set (checked)."""
+def test_hypergradient_svm_through_the_kkt_map(problem):
+    """Exact SVM dual: a small perturbation keeps the active set, where the KKT map is differentiable."""
     X, y, Xp, yp, Xv, yv = problem
-    att = PoisoningAttack(linear_svm_learner(1.0), objective=error_generic)
-    hg = jax.jit(lambda xp: hypergradient(att, xp, X, y, yp, Xv, yv))  # one compilation for both
-    _, g, params = hg(Xp)
-    eps = 1e-6
-
-    def f(xp):
-        val, _, p = hg(xp)
-        assert np.array_equal(np.asarray(p.margin_sv), np.asarray(params.margin_sv))
-        assert np.array_equal(np.asarray(p.bound_sv), np.asarray(params.bound_sv))
-        return float(val)
-
-    fd = _central_fd(f, Xp, eps)
-    assert np.abs(fd).max() > 1e-4  # the poison points influence the victim
+    att = PoisoningAttack(victims.svm(1.0), error_generic)
+    hg = jax.jit(lambda xp: hypergradient(att, X, y, PoisonPoints(xp, yp), (Xv, yv)))
+    _, g, p = hg(Xp)
+    fd = _central_fd(lambda xp: float(hg(xp)[0]), Xp, 1e-6)
+    active = lambda xp: np.asarray(hg(xp)[2].margin_sv)
+    assert np.array_equal(active(Xp + 1e-6), active(Xp))
     np.testing.assert_allclose(np.asarray(g), fd, rtol=1e-4, atol=1e-7)
+    # the one-vs-rest ensemble (3 classes)
+    X3, y3 = _blobs(30, 3, 2, k=3)
+    att3 = PoisoningAttack(victims.ovr_svm(3, 1.0), error_generic)
+    hg3 = jax.jit(lambda xp: hypergradient(att3, X3, y3, PoisonPoints(xp, (y3[:1] + 1) % 3), (X3, y3)))
+    _, g3, _ = hg3(X3[:1] + 0.01)
+    fd3 = _central_fd(lambda xp: float(hg3(xp)[0]), X3[:1] + 0.01, 1e-6)
+    np.testing.assert_allclose(np.asarray(g3), fd3, rtol=1e-4, atol=1e-7)
 
 
-def test_feasible_sets_project_and_contain():
+@pytest.mark.parametrize("victim", ["ridge", "elastic_net"])
+def test_hypergradient_in_features_and_real_labels(victim):
     rng = np.random.default_rng(0)
-    x = 2 * rng.standard_normal((5, 4))
-    box = Box(0.0, 1.0)
-    px = box.project(x)
-    assert box.contains(px) and not box.contains(x)
-    np.testing.assert_allclose(px, np.clip(x, 0, 1))
-    c = np.full(4, 0.5)
-    ball = L2Ball(c, 0.3)
-    pb = np.asarray(ball.project(x))
-    assert np.all(np.linalg.norm(pb - c, axis=1) <= 0.3 + 1e-12) and ball.contains(pb)
-    inside = c + 0.01
-    np.testing.assert_allclose(ball.project(inside), inside)
-    linf = LinfBall(c, 0.2)
-    assert np.all(np.abs(np.asarray(linf.project(x)) - c) <= 0.2 + 1e-12)
-    both = Intersection((L2Ball(np.zeros(4), 1.0), Box(0.2, 1.0)), iters=200)
-    pi = np.asarray(both.project(x))
-    assert Box(0.2, 1.0).contains(pi) and np.all(np.linalg.norm(pi, axis=1) <= 1.0 + 1e-6)
-    assert isinstance(Box() & L2Ball(0.0, 1.0), Intersection)
-    with pytest.raises(ValueError):
-        Box(1.0, 0.0)
+    X = rng.uniform(size=(25, 3))
+    y = np.clip(X @ np.array([0.5, -0.3, 0.2]) + 0.3 + 0.05 * rng.standard_normal(25), 0, 1)
+    v = victims.ridge(1e-2) if victim == "ridge" else victims.elastic_net(1e-3, 0.5, tol=1e-14)
+    att = PoisoningAttack(v, error_generic, Product({"X": Box(0, 1), "y": Box(0, 1)}))
+    poison = PoisonPoints(X[:2] * 0.9 + 0.05, 1.0 - y[:2], optimize_labels=True)
+
+    def f(flat):
+        lead = {"X": flat[:6].reshape(2, 3), "y": flat[6:]}
+        return attack_value(att, X, y, poison.with_leader(lead), (X, y))[0]
+
+    f = jax.jit(f)
+    x0 = np.concatenate([np.asarray(poison.X).ravel(), np.asarray(poison.y)])
+    g = np.asarray(jax.grad(f)(x0))
+    fd = _central_fd(lambda z: float(f(z)), x0, 1e-6)
+    np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-9)
 
 
-def test_objectives_signs():
-    learner = ridge_learner(1e-1)
-    X, y = _blobs(20, 2, 3)
-    p = learner.fit(X, y)
-    assert float(error_generic(p, X, y, learner)) > 0
-    assert float(error_specific(p, X, -y, learner)) < -float(error_generic(p, X, y, learner))
-    assert 0.0 <= float(classification_error(p, X, y, learner)) <= 1.0
-    with pytest.raises(ValueError):
-        error_generic(p, X, y, learner, reduction="median")
+# ----------------------------------------------------------------------------------------------------
+# one objective, three victims (the README's example)
+# ----------------------------------------------------------------------------------------------------
+class SmallCNN(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        x = nn.relu(nn.Conv(4, (3, 3))(x.reshape(-1, 8, 8, 1)))
+        return nn.Dense(2)(x.reshape(x.shape[0], -1))
 
 
-@pytest.mark.parametrize("mode", ["sequential", "joint"])
-@pytest.mark.parametrize("rule", ["fixed", "backtrack"])
-def test_run_modes_feasible_and_fields(problem, mode, rule):
+def raise_target_loss(victim, params, X_target, y_target):  # the whole new attack
+    return jnp.mean(victim.loss(params, X_target, y_target))
+
+
+def test_one_objective_runs_unchanged_against_three_victims():
+    from poisoning.datasets import biggio_protocol, load_digits
+
+    split = biggio_protocol(load_digits(), 1, 7, n_train=60, n_val=100, seed=0)
+    target = (split.X_val[:20], split.y_val[:20])
+    poison = PoisonPoints(split.X_train[:3], 1 - split.y_train[:3])  # clone three points, flip their labels
+    for victim in (victims.svm(C=1.0), victims.logistic(reg=1e-2),
+                   victims.network(SmallCNN(), 2, steps=30, learning_rate=0.5)):
+        res = run(PoisoningAttack(victim, raise_target_loss, Box(0.0, 1.0), step=fixed_step(0.5)),
+                  split.X_train, split.y_train, poison, target, steps=10)
+        assert res.objective > res.objective_clean, victim.name
+        assert res.objective >= res.history[0][0]
+        assert Box(0.0, 1.0).contains(res.poison.X)
+
+
+# ----------------------------------------------------------------------------------------------------
+# modes and results
+# ----------------------------------------------------------------------------------------------------
+def test_modes_and_result_fields(problem):
     X, y, Xp, yp, Xv, yv = problem
-    att = PoisoningAttack(ridge_learner(1e-1), feasible=Box(0.0, 1.0), step_size=0.1, step_rule=rule)
-    res = run(att, X, y, Xp, yp, Xv, yv, steps=15, mode=mode)
-    assert isinstance(res, AttackResult) and res.mode == mode
-    assert res.X_poison.shape == Xp.shape and np.array_equal(res.y_poison, yp)
-    assert Box(0.0, 1.0).contains(res.X_poison)
-    assert len(res.block_history) == (2 if mode == "sequential" else 1)
-    assert res.objective_history.ndim == 1 and np.all(np.isfinite(res.objective_history))
-    assert res.objective_poisoned > res.objective_clean
-    # the returned points are the best seen: never worse than the start of the last block
-    assert res.objective_poisoned >= res.block_history[-1][0] - 1e-12
-    assert res.compile_seconds >= 0 and np.all(np.diff(res.seconds) >= 0)
-    # params_poisoned is the learner trained on the poisoned set
-    direct = att.learner.fit(np.concatenate([X, res.X_poison]), np.concatenate([y, yp]))
-    np.testing.assert_allclose(res.params_poisoned["w"], direct["w"], rtol=1e-6, atol=1e-9)
+    att = PoisoningAttack(victims.logistic(1e-2), error_generic, Box(0, 1), step=fixed_step(0.3))
+    seq = run(att, X, y, PoisonPoints(Xp, yp), (Xv, yv), steps=6, mode="sequential")
+    assert len(seq.history) == 2 and len(seq.block_params) == 2 and seq.n_steps.shape == (2,)
+    assert np.all(np.diff(seq.seconds) >= 0) and seq.compile_seconds > 0
+    assert seq.objective == pytest.approx(seq.block_objective[-1])
+    # the first block trains with one poison point: its params equal a plain fit with that point
+    p1 = victims.logistic(1e-2).fit(np.concatenate([X, seq.poison.X[:1]]), np.concatenate([y, yp[:1]]))
+    np.testing.assert_allclose(np.asarray(seq.block_params[0]["w"]), np.asarray(p1["w"]), atol=1e-6)
+    joint = run(att, X, y, PoisonPoints(Xp, yp), (Xv, yv), steps=6, mode="joint")
+    coord = run(att, X, y, PoisonPoints(Xp, yp), (Xv, yv), steps=6, mode="coordinate")
+    for r in (seq, joint, coord):
+        assert r.objective >= r.objective_clean and r.poison.X.shape == Xp.shape
+        assert float(attack_value(att, X, y, r.poison, (Xv, yv))[0]) == pytest.approx(r.objective, rel=1e-6)
+    # same inputs, same numbers
+    again = run(att, X, y, PoisonPoints(Xp, yp), (Xv, yv), steps=6, mode="sequential")
+    np.testing.assert_array_equal(again.poison.X, seq.poison.X)
 
 
-def test_run_l2_ball_and_stackelberg(problem):
+def test_backtrack_rule_and_stall_warning(problem):
     X, y, Xp, yp, Xv, yv = problem
-    ball = L2Ball(Xp, 0.2)  # one ball around each starting point (unhashable center: uncached path)
-    att = PoisoningAttack(ridge_learner(1e-1), feasible=ball, step_size=0.05)
-    res = run(att, X, y, Xp, yp, Xv, yv, steps=10, mode="joint")
-    assert np.all(np.linalg.norm(res.X_poison - Xp, axis=1) <= 0.2 + 1e-9)
-    assert res.objective_poisoned > res.objective_clean
-    sres = run_stackelberg(att, X, y, Xp, yp, Xv, yv, steps=5)
-    assert np.all(np.linalg.norm(np.asarray(sres.leader) - Xp, axis=1) <= 0.2 + 1e-9)
-    hist = np.asarray(sres.history.objective)
-    assert hist[-1] >= hist[0]
+    att = PoisoningAttack(victims.logistic(1e-2), error_generic, Box(0, 1), gain_tol=None,
+                          step=Backtrack(init_step=1.0, min_step=1e-3))
+    res = run(att, X, y, PoisonPoints(Xp, yp), (Xv, yv), steps=30)
+    assert res.objective >= res.history[0][0] and not res.stalled.any()
+    # a step that can only make things worse (descent on the objective) stalls: said in the result and a warning
+    worse = PoisoningAttack(victims.logistic(1e-2), error_generic, Box(0, 1), step=optax.sgd(-1.0))
+    with pytest.warns(RuntimeWarning, match="stalled"):
+        bad = run(worse, X, y, PoisonPoints(Xp, yp), (Xv, yv), steps=5)
+    assert bad.stalled.all() and bad.objective == pytest.approx(bad.history[0][0])
 
 
-def test_module_docstring_example_runs(capsys):
-    code = re.search(r"Example.*?::\n\n(.*?)\n\n[A-Z]", attack_mod.__doc__, re.S).group(1)
-    exec(compile("\n".join(line[4:] for line in code.splitlines()), "attack_example", "exec"), {})
-    first, last = (float(v) for v in capsys.readouterr().out.split("->"))
-    assert last > first
+# ----------------------------------------------------------------------------------------------------
+# bad input
+# ----------------------------------------------------------------------------------------------------
+def test_bad_input_names_the_argument(problem):
+    X, y, Xp, yp, Xv, yv = problem
+    att = PoisoningAttack(victims.svm(1.0), error_generic)
+    ok = PoisonPoints(Xp, yp)
+    with pytest.raises(ValueError, match="y_train.*not -1/\\+1"):
+        run(att, X, 2 * y - 1, ok, (Xv, yv), steps=2)
+    with pytest.raises(ValueError, match="y_train"):
+        run(att, X, np.where(y == 1, 2, 0), ok, (Xv, yv), steps=2)
+    with pytest.raises(ValueError, match="y_train"):
+        run(att, X, y + 0.5, ok, (Xv, yv), steps=2)
+    with pytest.raises(ValueError, match="poison.y"):
+        run(att, X, y, PoisonPoints(Xp, np.array([0, 3])), (Xv, yv), steps=2)
+    with pytest.raises(ValueError, match="X_train"):
+        run(att, np.where(np.eye(*X.shape) > 0, np.nan, X), y, ok, (Xv, yv), steps=2)
+    with pytest.raises(ValueError, match="poison.X"):
+        run(att, X, y, PoisonPoints(np.full_like(Xp, np.inf), yp), (Xv, yv), steps=2)
+    with pytest.raises(ValueError, match="poison.X"):
+        run(att, X, y, PoisonPoints(Xp[:, :2], yp), (Xv, yv), steps=2)
+    with pytest.raises(ValueError, match="target\\[0\\]"):
+        run(att, X, y, ok, (np.full_like(Xv, np.nan), yv), steps=2)
+    with pytest.raises(ValueError, match="steps"):
+        run(att, X, y, ok, (Xv, yv), steps=0)
+    with pytest.raises(ValueError, match="mode"):
+        run(att, X, y, ok, (Xv, yv), mode="greedy")
+    with pytest.raises(ValueError, match="empty"):
+        run(att, X, y, PoisonPoints(Xp[:0], yp[:0]), (Xv, yv))
+    with pytest.raises(ValueError, match="lo"):
+        Box(np.nan, 1.0)
+    with pytest.raises(ValueError, match="victim"):
+        PoisoningAttack("svm", error_generic)
+    with pytest.raises(ValueError, match="optimize_labels"):
+        run(att, X, y, PoisonPoints(Xp, yp, optimize_labels=True), (Xv, yv))
+
+
+def test_victim_labels_checked_under_jit(problem):
+    X, y = problem[0], problem[1]
+    v = victims.logistic(1e-2)
+    fit = jax.jit(lambda labels: v.fit(X, labels)["w"])
+    np.testing.assert_allclose(np.asarray(fit(jnp.asarray(y))), np.asarray(v.fit(X, y)["w"]), atol=1e-10)
+    with pytest.raises(Exception, match="argument 'y' must hold integer class labels"):
+        jax.block_until_ready(fit(jnp.asarray(2 * y - 1)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        v.fit(X, y.astype(float))  # integral floats are fine

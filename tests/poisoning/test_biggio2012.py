@@ -4,13 +4,14 @@ The settings match the quick experiment test (tests/experiments/test_biggio2012.
 one compiled ascent loop.
 """
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from poisoning.attacks.biggio2012 import biggio_attack, clone_and_flip, poison_svm, validation_hinge
-from poisoning.data import biggio_protocol, load_digits
+from poisoning.attack import PoisonPoints, run
+from poisoning.attacks.biggio2012 import biggio_attack, clone_and_flip, ovr_attack, poison_svm
+from poisoning.datasets import biggio_protocol, load_digits
 from poisoning.feasible import Box
+from poisoning.objectives import summed_loss
 
 N_POINTS, STEPS = 3, 20
 
@@ -26,57 +27,55 @@ def attacked():
 
 def test_clone_and_flip():
     X = np.arange(12.0).reshape(6, 2)
-    y = np.array([1, -1, 1, -1, 1, -1])
-    X0, y0, idx = clone_and_flip(X, y, 2, seed=1)
-    assert np.all(y[idx] == 1) and np.all(y0 == -1) and np.array_equal(X0, X[idx])
+    y = np.array([1, 0, 1, 0, 1, 0])
+    poison, idx = clone_and_flip(X, y, 2, seed=1)
+    assert np.all(y[idx] == 1) and np.all(poison.y == 0) and np.array_equal(poison.X, X[idx])
+    with pytest.raises(ValueError, match="y_train"):
+        clone_and_flip(X, y, 2, attacked_label=5)
 
 
 def test_validation_hinge_increases(attacked):
     split, attack, res, X0 = attacked
-    assert res.objective_poisoned > res.objective_clean
+    assert res.objective > res.objective_clean
     # each single-point attack ends at least where it started (best point kept), mostly increasing
-    for h in res.block_history:
+    for h in res.history:
         assert np.max(h) >= h[0]
         assert np.mean(np.diff(h) > 0) > 0.5
-    after_each = [h.max() for h in res.block_history]
+    after_each = [h.max() for h in res.history]
     assert after_each[-1] >= after_each[0]
     # the objective is the summed validation hinge (Biggio eq. 2) of the SVM trained on the poisoned set
-    learner = attack.learner
-    p = res.params_poisoned
-    np.testing.assert_allclose(float(validation_hinge(p, split.X_val, split.y_val, learner)),
-                               res.objective_poisoned, rtol=1e-9)
+    victim = attack.victim
+    p = res.params
+    np.testing.assert_allclose(float(summed_loss(victim, p, split.X_val, split.y_val)), res.objective, rtol=1e-9)
     np.testing.assert_allclose(res.block_objective, after_each, rtol=1e-9)
-    # (w, b) satisfy the dual's definition w = X'(alpha y) on the poisoned training set
-    X = np.concatenate([split.X_train, res.X_poison])
-    y = np.concatenate([split.y_train, res.y_poison]).astype(float)
+    # (w, b) satisfy the dual's definition w = X'(alpha y) on the poisoned training set (labels +-1 inside)
+    X = np.concatenate([split.X_train, res.poison.X])
+    y = 2.0 * np.concatenate([split.y_train, res.poison.y]) - 1.0
     np.testing.assert_allclose(np.asarray(p.w), X.T @ (np.asarray(p.alpha) * y), atol=1e-8)
     assert np.all(np.asarray(p.alpha) >= -1e-12) and np.all(np.asarray(p.alpha) <= 1.0 + 1e-12)
 
 
 def test_test_error_not_below_clean_and_box(attacked):
     split, attack, res, X0 = attacked
-    learner = attack.learner
-    err = lambda p: float(jnp.mean(learner.predict(p, split.X_test) != split.y_test))
-    assert err(res.params_poisoned) >= err(res.params_clean)
-    assert Box(0.0, 1.0).contains(res.X_poison)
-    assert np.all(res.y_poison == -1)
-    assert not np.allclose(res.X_poison, X0)  # the points moved away from their clones
+    victim = attack.victim
+    err = lambda p: float(victim.error(p, split.X_test, split.y_test))
+    assert err(res.params) >= err(res.params_clean)
+    assert Box(0.0, 1.0).contains(res.poison.X)
+    assert np.all(res.poison.y == 0)
+    assert not np.allclose(res.poison.X, X0)  # the points moved away from their clones
 
 
 def test_ovr_multiclass_extension():
     """One-vs-rest SVM ensemble (3 digit classes): the summed OvR validation hinge loss increases, the
     poison stays in the box, and the clean ensemble classifies (argmax) well."""
-    from poisoning.attack import run
-    from poisoning.attacks.biggio2012 import ovr_attack
-
     ds = load_digits()
     keep = np.flatnonzero(ds.y_train < 3)
-    X, y = ds.X_train[keep], ds.y_train[keep].astype(float)
+    X, y = ds.X_train[keep], ds.y_train[keep]
     Xtr, ytr, Xva, yva = X[:40], y[:40], X[40:120], y[40:120]
     att = ovr_attack(3, step_size=0.1)
-    res = run(att, Xtr, ytr, Xtr[:1], (ytr[:1] + 1) % 3, Xva, yva, steps=5)
-    assert res.objective_poisoned > res.objective_clean
-    assert Box(0.0, 1.0).contains(res.X_poison)
-    pred = np.asarray(att.learner.predict(res.params_clean, Xva))
+    res = run(att, Xtr, ytr, PoisonPoints(Xtr[:1], (ytr[:1] + 1) % 3), (Xva, yva), steps=5)
+    assert res.objective > res.objective_clean
+    assert Box(0.0, 1.0).contains(res.poison.X)
+    pred = np.asarray(att.victim.predict(res.params_clean, Xva))
     assert pred.shape == (80,) and set(np.unique(pred)) <= {0, 1, 2}
     assert np.mean(pred == yva) > 0.8

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 
 from bilevel.solvers import LBFGS
-from poisoning import data
-from poisoning.attack import attack_objective, run
+from poisoning import datasets as data
+from poisoning.attack import PoisonPoints, attack_value, run
 from poisoning.attacks import munoz2017 as M
+from poisoning.objectives import error_specific
 
 K = 3  # classes of the tiny synthetic problem
 TIGHT = LBFGS(tol=1e-12, maxiter=3000, on_failure="raise")  # (the bias shift makes the Hessian singular)
@@ -22,17 +23,17 @@ def tiny():
     y = np.arange(n) % K
     X = np.clip(0.5 + 0.15 * rng.normal(size=(n, d)) + 0.15 * np.eye(K, d)[y], 0, 1)
     Xv = np.clip(0.5 + 0.15 * rng.normal(size=(12, d)) + 0.15 * np.eye(K, d)[np.arange(12) % K], 0, 1)
-    return X, y.astype(float), Xv, (np.arange(12) % K).astype(float), X[:1] * 0.9 + 0.05, np.array([1.0])
+    return X, y, Xv, np.arange(12) % K, X[:1] * 0.9 + 0.05, np.array([1])
 
 
-def _fn(learner, mode, tiny):
+def _fn(victim, mode, tiny):
     X, y, Xv, yv, _, yp = tiny
-    attack = M.munoz_attack(learner, mode)
-    return jax.jit(lambda Xp: attack_objective(attack, Xp, X, y, yp, Xv, yv)[0])
+    attack = M.munoz_attack(victim, mode)
+    return jax.jit(lambda Xp: attack_value(attack, X, y, PoisonPoints(Xp, yp), (Xv, yv))[0])
 
 
 def test_implicit_hypergradient_matches_finite_differences(tiny, mode="generic"):
-    learner = M.softmax_learner(K, 0.05, solver=TIGHT)
+    learner = M.softmax_victim(K, 0.05, solver=TIGHT)
     f = _fn(learner, mode, tiny)
     Xp = jnp.asarray(tiny[4])
     g = jax.grad(f)(Xp)
@@ -46,9 +47,9 @@ def test_implicit_hypergradient_matches_finite_differences(tiny, mode="generic")
 def test_back_gradient_agrees_with_implicit_when_converged(tiny):
     X = np.concatenate([tiny[0], tiny[4]])
     lr = M.gd_learning_rate(X, 0.05)
-    imp = M.softmax_learner(K, 0.05, solver=TIGHT)
+    imp = M.softmax_victim(K, 0.05, solver=TIGHT)
     # heavy-ball GD run to convergence, reversed exactly (fixed point) by BackGradient
-    bg = M.softmax_learner(K, 0.05, method="backgradient", steps=600, learning_rate=lr, momentum=0.9)
+    bg = M.softmax_victim(K, 0.05, method="backgradient", steps=600, learning_rate=lr, momentum=0.9)
     Xp = jnp.asarray(tiny[4])
     g_imp = jax.grad(_fn(imp, "generic", tiny))(Xp)
     g_bg = jax.grad(_fn(bg, "generic", tiny))(Xp)
@@ -57,23 +58,24 @@ def test_back_gradient_agrees_with_implicit_when_converged(tiny):
 
 def test_attack_on_digits_raises_validation_loss_and_stays_in_box():
     split = data.munoz_protocol(data.load_digits(), 60, 60, 10, seed=0)
-    X, y, Xv, yv = (np.asarray(a, np.float64) for a in (split.X_train, split.y_train, split.X_val, split.y_val))
-    attack = M.munoz_attack(M.softmax_learner(10, 1e-2), "generic", step_size=1.0)
+    X, Xv = (np.asarray(a, np.float64) for a in (split.X_train, split.X_val))
+    y, yv = np.asarray(split.y_train), np.asarray(split.y_val)
+    attack = M.munoz_attack(M.softmax_victim(10, 1e-2), "generic", step_size=1.0)
     X0, yp = M.init_generic(X, y, 2, seed=0)
     assert np.all(yp != y[np.argmax((X[:, None, :] == X0[None]).all(-1), axis=0)])  # labels changed
-    res = run(attack, X, y, X0, yp, Xv, yv, steps=4, mode="sequential")
-    assert res.objective_poisoned > res.block_history[0][0] > res.objective_clean
-    assert np.all(res.X_poison >= 0.0) and np.all(res.X_poison <= 1.0)
-    assert int(np.sum(np.asarray(M.softmax_learner(10, 1e-2).predict(res.params_clean, Xv)) == yv)) > 40
+    res = run(attack, X, y, PoisonPoints(X0, yp), (Xv, yv), steps=4, mode="sequential")
+    assert res.objective > res.history[0][0] > res.objective_clean
+    assert np.all(res.poison.X >= 0.0) and np.all(res.poison.X <= 1.0)
+    assert int(np.sum(np.asarray(M.softmax_victim(10, 1e-2).predict(res.params_clean, Xv)) == yv)) > 40
 
 
 def test_error_specific_is_negated_target_cross_entropy(tiny):
     params = {"w": jnp.ones((5, K)) * jnp.arange(K) / 10, "b": jnp.zeros(K)}
-    learner, Xv = M.softmax_learner(K), jnp.asarray(tiny[2])
-    target = jnp.full((Xv.shape[0],), 2.0)
+    victim, Xv = M.softmax_victim(K), jnp.asarray(tiny[2])
+    target = jnp.full((Xv.shape[0],), 2)
     ce = -jax.nn.log_softmax(Xv @ params["w"] + params["b"])[:, 2]
-    np.testing.assert_allclose(float(M.error_specific(params, Xv, target, learner)), -float(jnp.mean(ce)), rtol=1e-12)
-    assert M.munoz_attack(learner, "specific").objective is M.error_specific
+    np.testing.assert_allclose(float(error_specific(victim, params, Xv, target)), -float(jnp.mean(ce)), rtol=1e-12)
+    assert M.munoz_attack(victim, "specific").objective is error_specific
 
 
 def test_init_specific_swaps_labels_and_random_flip():
@@ -97,14 +99,14 @@ def test_kfac_change_of_variables_is_invertible_and_keeps_the_minimizer(tiny, ti
     to, fr = M.kfac_basis(w0, jnp.asarray(X), jnp.ones(len(y)), 0.05, tiny_basis)
     theta = jnp.asarray(np.random.default_rng(2).normal(size=(6, K)))
     np.testing.assert_allclose(np.asarray(fr(to(theta))), np.asarray(theta), rtol=1e-10, atol=1e-12)
-    plain = M.softmax_learner(K, 0.05, solver=TIGHT).fit(X, y)
-    pre = M.softmax_learner(K, 0.05, solver=TIGHT, precondition=tiny_basis).fit(X, y)
+    plain = M.softmax_victim(K, 0.05, solver=TIGHT).fit(X, y)
+    pre = M.softmax_victim(K, 0.05, solver=TIGHT, precondition=tiny_basis).fit(X, y)
     # the bias is determined up to a common shift (singular direction): compare logits
     np.testing.assert_allclose(np.asarray(X @ pre["w"] + pre["b"] - (X @ plain["w"] + plain["b"])), 0, atol=1e-8)
 
 
 def test_preconditioned_hypergradient_matches_finite_differences(tiny, tiny_basis):
-    learner = M.softmax_learner(K, 0.05, solver=TIGHT, precondition=tiny_basis)
+    learner = M.softmax_victim(K, 0.05, solver=TIGHT, precondition=tiny_basis)
     f = _fn(learner, "specific", tiny)
     Xp = jnp.asarray(tiny[4])
     g = jax.grad(f)(Xp)
@@ -121,7 +123,7 @@ def test_bad_preconditioner_input_raises(tiny, tiny_basis):
     with pytest.raises(ValueError, match="X"):
         M.GramBasis.from_data(np.zeros(5))
     with pytest.raises(ValueError, match="precondition"):
-        M.softmax_learner(K, 0.05, precondition="kfac")
+        M.softmax_victim(K, 0.05, precondition="kfac")
     w0 = {"w": jnp.zeros((3, K)), "b": jnp.zeros(K)}
     with pytest.raises(ValueError, match="basis"):
         M.kfac_basis(w0, jnp.zeros((4, 3)), jnp.ones(4), 0.1, tiny_basis)

@@ -1,4 +1,5 @@
-"""Solans, Biggio & Castillo (2020) fairness poisoning: metrics, surrogate, hypergradient, attack."""
+"""Solans, Biggio & Castillo (2020) fairness poisoning: metrics, surrogate, feasible set, the hypergradient
+through the driver (vs central finite differences), the attack. Labels 0/1, groups 0/1."""
 
 import dataclasses
 
@@ -8,10 +9,9 @@ import numpy as np
 import pytest
 
 from bilevel.solvers import Newton
-from poisoning.attack import hypergradient, logistic_learner
+from poisoning import victims
+from poisoning.attack import PoisonPoints, hypergradient
 from poisoning.attacks.solans2020 import (
-    BoxL1Ball,
-    L1Ball,
     disparate_impact_objective,
     init_poison,
     poison_fairness,
@@ -29,7 +29,7 @@ from poisoning.fairness import (
     group_rates,
     positive_rate,
 )
-from poisoning.feasible import Box, Intersection
+from poisoning.feasible import Box, BoxL1Ball, Intersection, L1Ball
 
 # a hand-checked example: groups 0 = unprivileged (first four), 1 = privileged (last four)
 Y_TRUE = np.array([1, 1, -1, -1, 1, -1, 1, -1])
@@ -100,24 +100,25 @@ def _softplus(v):
 
 def test_disparate_impact_objective_closed_form():
     X = np.array([[0.5, -1.0], [2.0, 0.0], [-1.0, 1.0], [0.0, 0.3], [1.0, 1.0]])
-    y = np.array([1.0, -1.0, 1.0, -1.0, 1.0])
+    y = np.array([1, 0, 1, 0, 1])
     g = np.array([1, 0, 1, 1, 0])  # privileged: 0, 2, 3; unprivileged: 1, 4
     params = {"w": jnp.array([0.7, -0.4]), "b": jnp.array(0.2)}
     s = X @ np.array([0.7, -0.4]) + 0.2
     lam = (3 / 5) / (2 / 5)
-    learner = logistic_learner(0.1)
+    victim = victims.logistic(0.1)
     # authors' code: group as label (+1 unprivileged, -1 privileged), unprivileged losses times -p_priv/p_unpriv
     priv, unpriv = g == 1, g == 0
     expected = (np.sum(_softplus(s[priv])) - lam * np.sum(_softplus(-s[unpriv]))) / 5
     obj = disparate_impact_objective(g)
     assert obj.unpriv_weight == pytest.approx(-lam)
-    assert float(obj(params, X, y, learner)) == pytest.approx(expected, rel=1e-12)
+    assert float(obj(victim, params, X, y)) == pytest.approx(expected, rel=1e-12)
     # y_val does not enter the code's surrogate
-    assert float(obj(params, X, -y, learner)) == pytest.approx(expected, rel=1e-12)
-    # the true-label reading: privileged loss minus rescaled unprivileged loss on (x, y)
-    expected_true = (np.sum(_softplus(-y[priv] * s[priv])) - lam * np.sum(_softplus(-y[unpriv] * s[unpriv]))) / 5
+    assert float(obj(victim, params, X, 1 - y)) == pytest.approx(expected, rel=1e-12)
+    # the true-label reading: privileged loss minus rescaled unprivileged loss on (x, y), y as +-1
+    ypm = 2 * y - 1
+    expected_true = (np.sum(_softplus(-ypm[priv] * s[priv])) - lam * np.sum(_softplus(-ypm[unpriv] * s[unpriv]))) / 5
     obj_true = disparate_impact_objective(g, labels="true", reduction="sum")
-    assert float(obj_true(params, X, y, learner)) == pytest.approx(5 * expected_true, rel=1e-12)
+    assert float(obj_true(victim, params, X, y)) == pytest.approx(5 * expected_true, rel=1e-12)
 
 
 def test_disparate_impact_objective_errors():
@@ -132,8 +133,8 @@ def test_disparate_impact_objective_errors():
     obj = disparate_impact_objective(np.array([0, 1, 1]))
     params = {"w": jnp.zeros(2), "b": jnp.array(0.0)}
     with pytest.raises(ValueError, match="groups_val"):
-        obj(params, np.zeros((4, 2)), np.ones(4), logistic_learner(0.1))
-    with pytest.raises(ValueError, match="dmax needs center"):
+        obj(victims.logistic(0.1), params, np.zeros((4, 2)), np.ones(4, int))
+    with pytest.raises(ValueError, match="'dmax' needs 'center'"):
         solans_attack(np.array([0, 1]), lb=0.0, ub=1.0, dmax=1.0)
 
 
@@ -179,7 +180,7 @@ def test_zafar_synthetic_and_split():
     X, y, g = zafar_synthetic(200, 6.0, seed=3)
     X2, y2, g2 = zafar_synthetic(200, 6.0, seed=3)
     assert np.array_equal(X, X2) and np.array_equal(y, y2) and np.array_equal(g, g2)
-    assert X.shape == (400, 2) and set(np.unique(y)) == {-1.0, 1.0} and set(np.unique(g)) == {0, 1}
+    assert X.shape == (400, 2) and set(np.unique(y)) == {0, 1} and set(np.unique(g)) == {0, 1}
     assert np.sum(y == 1) == 200
     # the sensitive attribute is correlated with the favorable label, more so when the means are apart
     corr = lambda d: np.corrcoef(*zafar_synthetic(400, d, seed=0)[1:])[0, 1]
@@ -196,26 +197,28 @@ def test_zafar_synthetic_and_split():
 def test_init_poison():
     X, y, g = zafar_synthetic(50, 4.0, seed=0)
     X0, y0, idx = init_poison(X, y, 7, seed=1, noise=1e-3)
-    np.testing.assert_array_equal(y0, -y[idx])
+    np.testing.assert_array_equal(y0, 1 - y[idx])
     assert np.max(np.abs(X0 - X[idx])) <= 1e-3
-    X0, y0, idx = init_poison(X, y, 5, groups_val=g, group=0, label=1.0, seed=2)
-    assert np.all(g[idx] == 0) and np.all(y[idx] == 1.0) and np.all(y0 == -1.0)
-    with pytest.raises(ValueError, match="group= needs groups_val"):
+    X0, y0, idx = init_poison(X, y, 5, groups_val=g, group=0, label=1, seed=2)
+    assert np.all(g[idx] == 0) and np.all(y[idx] == 1) and np.all(y0 == 0)
+    with pytest.raises(ValueError, match="'group' needs groups_val"):
         init_poison(X, y, 3, group=0)
+    with pytest.raises(ValueError, match="y_val"):
+        init_poison(X, 2 * y - 1, 3)
 
 
 # ----------------------------------------------------------------------------------------------------
-# hypergradient vs central finite differences (exact retraining, float64)
+# hypergradient through the driver vs central finite differences (exact retraining, float64)
 # ----------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("labels", ["group", "true"])
 def test_hypergradient_matches_finite_differences(labels):
-    X, y, g = zafar_synthetic(25, 4.0, seed=1)
+    X, y, g = zafar_synthetic(12, 4.0, seed=1)
     sp = solans_split(X, y, g, seed=1)
-    X0, y0, _ = init_poison(sp["X_val"], sp["y_val"], 3, seed=0)
+    X0, y0, _ = init_poison(sp["X_val"], sp["y_val"], 2, seed=0)
     attack = solans_attack(sp["g_val"], lb=-20.0, ub=20.0, reg=0.05, labels=labels)
-    attack = dataclasses.replace(attack, learner=logistic_learner(0.05, solver=Newton(tol=1e-13, maxiter=200)))
-    args = (sp["X_train"], sp["y_train"], y0, sp["X_val"], sp["y_val"])
-    hg = jax.jit(lambda Xp: hypergradient(attack, Xp, *args)[:2])  # (A(X_p), dA/dX_p), one compile
+    attack = dataclasses.replace(attack, victim=victims.logistic(0.05, solver=Newton(tol=1e-13, maxiter=200)))
+    target = (sp["X_val"], sp["y_val"])
+    hg = jax.jit(lambda Xp: hypergradient(attack, sp["X_train"], sp["y_train"], PoisonPoints(Xp, y0), target)[:2])
     value = lambda Xp: hg(jnp.asarray(Xp))[0]
     grad = np.asarray(hg(jnp.asarray(X0))[1])
     h = 1e-5
@@ -238,19 +241,19 @@ def test_attack_increases_demographic_disparity():
     n_tr = len(sp["y_train"])
     res, X0, attack = poison_fairness(sp["X_train"], sp["y_train"], sp["X_val"], sp["y_val"], sp["g_val"], 12,
                                       steps=40, reg=1.0 / n_tr, dmax=10.0, seed=0)
-    learner = attack.learner
-    dp = lambda p, Xs, gs: float(demographic_parity_difference(np.asarray(learner.predict(p, Xs)), gs))
+    victim = attack.victim
+    dp = lambda p, Xs, gs: float(demographic_parity_difference(np.asarray(victim.predict(p, Xs)), gs))
     # the surrogate went up, and with it the measured disparity against the unprivileged group
-    assert res.objective_poisoned > res.objective_clean
-    for h in res.block_history:
+    assert res.objective > res.objective_clean
+    for h in res.history:
         assert np.max(h) >= h[0]
     dp_clean = dp(res.params_clean, sp["X_val"], sp["g_val"])
-    dp_pois = dp(res.params_poisoned, sp["X_val"], sp["g_val"])
+    dp_pois = dp(res.params, sp["X_val"], sp["g_val"])
     assert dp_pois < dp_clean and abs(dp_pois) > abs(dp_clean)
     # more than the same points without the feature optimization (flipped-label injection)
-    inject = learner.fit(np.concatenate([sp["X_train"], X0]), np.concatenate([sp["y_train"], res.y_poison]))
+    inject = victim.fit(np.concatenate([sp["X_train"], X0]), np.concatenate([sp["y_train"], res.poison.y]))
     assert dp_pois < dp(inject, sp["X_val"], sp["g_val"])
     # the poison stays feasible: box [min X_val, max X_val] and the l1 ball of radius 10 around its start
     lo, hi = sp["X_val"].min(), sp["X_val"].max()
-    assert np.all(res.X_poison >= lo - 1e-9) and np.all(res.X_poison <= hi + 1e-9)
-    assert np.all(np.abs(res.X_poison - X0).sum(1) <= 10.0 + 1e-4)
+    assert np.all(res.poison.X >= lo - 1e-9) and np.all(res.poison.X <= hi + 1e-9)
+    assert np.all(np.abs(res.poison.X - X0).sum(1) <= 10.0 + 1e-4)

@@ -1,12 +1,16 @@
-"""Subpopulation poisoning (Jagielski et al. 2021): k-means, FeatureMatch / ClusterMatch masks and the
-label-flip attack's target damage vs collateral on a small synthetic problem."""
+"""Subpopulation poisoning (Jagielski et al. 2021): k-means, FeatureMatch / ClusterMatch masks, the
+label-flip attack's target damage vs collateral on a small synthetic problem, and the influence-guided
+flip (PoisonWeights + Greedy through the driver; its hypergradient vs finite differences). Labels 0/1."""
 
 import types
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from poisoning.attack import logistic_learner
+from poisoning import victims
+from poisoning.attack import PoisoningAttack, PoisonWeights, attack_value, hypergradient
 from poisoning.attacks.subpopulation import (
     ClusterMatch,
     FeatureMatch,
@@ -17,7 +21,7 @@ from poisoning.attacks.subpopulation import (
 )
 
 CENTERS = np.array([[-2.0, 0.0], [-2.0, 3.0], [2.0, 0.0], [2.0, 3.0]])
-LABELS = np.array([-1.0, -1.0, 1.0, 1.0])
+LABELS = np.array([0, 0, 1, 1], np.int32)
 
 
 def _four_blobs(n, seed, noise=0.6):
@@ -45,7 +49,7 @@ def test_kmeans_deterministic_and_recovers_blobs():
 
 def test_feature_match_mask():
     X = np.array([[1, 0, 0.3], [0, 1, 0.7], [1, 1, 0.5], [1, 0, 0.9]], float)
-    y = np.array([1, -1, 1, -1.0])
+    y = np.array([1, 0, 1, 0])
     np.testing.assert_array_equal(FeatureMatch((0,), values=(1,)).mask(X), [True, False, True, True])
     np.testing.assert_array_equal(FeatureMatch((0, 1), values=(1, 0)).mask(X), [True, False, False, True])
     np.testing.assert_array_equal(FeatureMatch((0, 1), values=(1, 0), label=1).mask(X, y), [True, False, False, False])
@@ -68,7 +72,7 @@ def test_poison_points_are_flipped_copies():
     assert Xp.shape == (25, 2)
     src = [int(np.flatnonzero((X == row).all(1))[0]) for row in Xp]
     assert all(mask[i] for i in src)
-    np.testing.assert_array_equal(yp, -y[src])
+    np.testing.assert_array_equal(yp, 1 - y[src])
     assert len(set(src[:10])) == 10                          # every point used before any repeats
     Xq, yq = subpopulation_label_flip(X, y, mask, 25, seed=0)
     np.testing.assert_array_equal(Xp, Xq)
@@ -81,7 +85,7 @@ def test_cluster_attack_damages_target_more_than_rest():
     target = int(np.argmin(((cm.clustering.centers - CENTERS[3]) ** 2).sum(1)))
     cm = ClusterMatch(cm.clustering, target)
     n_sub = int(cm.mask(X).sum())
-    rep, Xp, yp = run_subpopulation_attack(cm, X, y, Xt, yt, n_sub, learner=logistic_learner(1e-2), seed=0)
+    rep, Xp, yp = run_subpopulation_attack(cm, X, y, Xt, yt, n_sub, victim=victims.logistic(1e-2), seed=0)
     assert rep.n_poison == n_sub and rep.n_target_test == int(cm.mask(Xt).sum())
     assert rep.clean_target_acc > 0.95 and rep.clean_rest_acc > 0.95
     assert rep.target_damage > 0.3
@@ -99,9 +103,9 @@ from poisoning.attacks.subpopulation import (  # noqa: E402
     fit_with_poison,
     label_flip_counts,
     pca_projection,
-    poison_weight_hypergradient,
     quantile_attributes,
     subpopulation_influence_flip,
+    subpopulation_loss,
 )
 
 
@@ -119,87 +123,93 @@ def test_label_flip_counts_match_the_copies():
         label_flip_counts(mask, -1)
     with pytest.raises(ValueError, match="train_mask"):
         label_flip_counts(np.zeros(60, bool), 3)
+    with pytest.raises(ValueError, match="y_train"):
+        subpopulation_label_flip(X, 2 * y - 1, mask, 3)
 
 
 def test_weighted_poison_equals_copies():
     X, y, _ = _four_blobs(80, 0)
     Xt, yt, _ = _four_blobs(80, 1)
-    L = logistic_learner(1e-2)
-    Xc, yc = X[:3], -y[:3]
-    copies = fit_with_poison(L, X, y, np.repeat(Xc, [2, 0, 3], axis=0), np.repeat(yc, [2, 0, 3]))
-    weighted = fit_with_poison(L, X, y, Xc, yc, np.array([2.0, 0.0, 3.0]))
+    V = victims.logistic(1e-2)
+    Xc, yc = X[:3], 1 - y[:3]
+    copies = fit_with_poison(V, X, y, np.repeat(Xc, [2, 0, 3], axis=0), np.repeat(yc, [2, 0, 3]))
+    weighted = fit_with_poison(V, X, y, Xc, yc, np.array([2.0, 0.0, 3.0]))
     np.testing.assert_allclose(copies["w"], weighted["w"], atol=1e-8)
     np.testing.assert_allclose(copies["b"], weighted["b"], atol=1e-8)
     tm = Xt[:, 0] > 0
-    a = evaluate_subpopulation(L, X, y, np.repeat(Xc, [2, 0, 3], axis=0), np.repeat(yc, [2, 0, 3]), Xt, yt, tm)
-    b = evaluate_subpopulation(L, X, y, Xc, yc, Xt, yt, tm, poison_weights=[2, 0, 3],
-                               clean_params=fit_with_poison(L, X, y, Xc, yc, np.zeros(3)))
+    a = evaluate_subpopulation(V, X, y, np.repeat(Xc, [2, 0, 3], axis=0), np.repeat(yc, [2, 0, 3]), Xt, yt, tm)
+    b = evaluate_subpopulation(V, X, y, Xc, yc, Xt, yt, tm, poison_weights=[2, 0, 3],
+                               clean_params=fit_with_poison(V, X, y, Xc, yc, np.zeros(3)))
     assert a == b and b.n_poison == 5
     with pytest.raises(ValueError, match="poison_weights"):
-        evaluate_subpopulation(L, X, y, Xc, yc, Xt, yt, tm, poison_weights=[1, -1, 0])
+        evaluate_subpopulation(V, X, y, Xc, yc, Xt, yt, tm, poison_weights=[1, -1, 0])
     with pytest.raises(ValueError, match="poison_weights"):
-        evaluate_subpopulation(L, X, y, Xc, yc, Xt, yt, tm, poison_weights=[1, 1])
+        evaluate_subpopulation(V, X, y, Xc, yc, Xt, yt, tm, poison_weights=[1, 1])
+    with pytest.raises(ValueError, match="y_poison"):
+        fit_with_poison(V, X, y, Xc, 2 * yc - 1)
+    with pytest.raises(ValueError, match="X_poison"):
+        fit_with_poison(V, X, y, np.full_like(Xc, np.nan), yc)
 
 
 def test_poison_weight_hypergradient_matches_finite_differences():
-    X, y, _ = _four_blobs(60, 0)
-    L = logistic_learner(1e-2)
+    """d J / d c (the influence of one more flipped copy) through the driver's hypergradient."""
+    X, y, _ = _four_blobs(40, 0)
+    V = victims.logistic(1e-2)
     mask = X[:, 0] > 0
-    Xc, yc = X[mask][:5], -y[mask][:5]
+    Xc, yc = X[mask][:5], 1 - y[mask][:5]
     t = mask.astype(float)
+    att = PoisoningAttack(V, subpopulation_loss, None)
+    hg = jax.jit(lambda c: hypergradient(att, X, y, PoisonWeights(Xc, yc, c), (X, y, t)))
     for c in (np.zeros(5), np.array([0.0, 1.0, 2.0, 0.5, 3.0])):
-        value, grad = poison_weight_hypergradient(L, X, y, Xc, yc, c, t)
-        params = fit_with_poison(L, X, y, Xc, yc, c)
-        np.testing.assert_allclose(value, np.sum(t * np.asarray(L.loss(params, X, y))) / t.sum(), rtol=1e-10)
+        value, grad, params = hg(jnp.asarray(c))
+        # the objective is the mean logistic loss over the target rows of the victim trained with the copies
+        s = X @ np.asarray(params["w"]) + float(params["b"])
+        np.testing.assert_allclose(value, np.sum(t * np.logaddexp(0.0, -(2 * y - 1) * s)) / t.sum(), rtol=1e-10)
         eps = 1e-4
-        fd = []
-        for j in range(5):
-            e = np.zeros(5)
-            e[j] = eps
-            fd.append((poison_weight_hypergradient(L, X, y, Xc, yc, c + e, t)[0]
-                       - poison_weight_hypergradient(L, X, y, Xc, yc, c - e, t)[0]) / (2 * eps))
+        fd = [(float(hg(jnp.asarray(c).at[j].add(eps))[0]) - float(hg(jnp.asarray(c).at[j].add(-eps))[0])) / (2 * eps)
+              for j in range(5)]
         np.testing.assert_allclose(grad, fd, rtol=1e-5, atol=1e-9)
-        assert np.all(grad > 0)  # every flipped copy of a target point raises the target's loss
-    with pytest.raises(ValueError, match="cand_weights"):
-        poison_weight_hypergradient(L, X, y, Xc, yc, np.zeros(4), t)
-    with pytest.raises(ValueError, match="target_weights"):
-        poison_weight_hypergradient(L, X, y, Xc, yc, np.zeros(5), np.zeros(60))
+        assert np.all(np.asarray(grad) > 0)  # every flipped copy of a target point raises the target's loss
 
 
 def test_influence_flip_beats_random_flip_on_the_target():
-    X, y, _ = _four_blobs(300, 0, noise=0.8)
-    Xt, yt, _ = _four_blobs(300, 1, noise=0.8)
-    L = logistic_learner(1e-2)
+    X, y, _ = _four_blobs(160, 0, noise=0.8)
+    Xt, yt, _ = _four_blobs(200, 1, noise=0.8)
+    V = victims.logistic(1e-2)
     cm = ClusterMatch.fit(X, 4, seed=0)
     target = int(np.argmin(((cm.clustering.centers - CENTERS[3]) ** 2).sum(1)))
     tr, te = cm.clustering.labels == target, cm.clustering.predict(Xt) == target
     idx_all = np.flatnonzero(tr)
     budget = idx_all.size // 2
-    idx, counts, hist = subpopulation_influence_flip(L, X, y, tr, budget, rounds=3, return_history=True)
+    idx, counts, hist = subpopulation_influence_flip(V, X, y, tr, budget, rounds=3, return_history=True)
     # zero-weight padding rows change nothing
-    np.testing.assert_array_equal(subpopulation_influence_flip(L, X, y, tr, budget, rounds=3,
+    np.testing.assert_array_equal(subpopulation_influence_flip(V, X, y, tr, budget, rounds=3,
                                                                pad_to=idx_all.size + 7)[1], counts)
     np.testing.assert_array_equal(idx, idx_all)
     assert counts.sum() == budget and counts.min() >= 0
     assert len(hist) == 4 and np.all(np.diff(hist) > 0)  # each round raises the target's training loss
     t = tr.astype(float)
-    j_infl = poison_weight_hypergradient(L, X, y, X[idx], -y[idx], counts, t)[0]
-    assert j_infl == pytest.approx(hist[-1], rel=1e-10)
+    att = PoisoningAttack(V, subpopulation_loss, None)
+    J = jax.jit(lambda c: attack_value(att, X, y, PoisonWeights(X[idx], 1 - y[idx], c), (X, y, t))[0])
+    j_infl = float(J(jnp.asarray(counts, float)))
+    assert j_infl == pytest.approx(hist[-1], rel=1e-8)
     for seed in range(3):
         _, c_flip = label_flip_counts(tr, budget, seed)
-        assert j_infl > poison_weight_hypergradient(L, X, y, X[idx], -y[idx], c_flip, t)[0]
-    rep = evaluate_subpopulation(L, X, y, X[idx], -y[idx], Xt, yt, te, poison_weights=counts)
+        assert j_infl > float(J(jnp.asarray(c_flip, float)))
+    rep = evaluate_subpopulation(V, X, y, X[idx], 1 - y[idx], Xt, yt, te, poison_weights=counts)
     assert rep.n_poison == budget and rep.target_damage > rep.collateral + 0.1
     # budget beyond the subpopulation: every point gets budget // size copies first
-    _, c2 = subpopulation_influence_flip(L, X, y, tr, 2 * idx_all.size + 3, rounds=1)
+    _, c2 = subpopulation_influence_flip(V, X, y, tr, 2 * idx_all.size + 3, rounds=1)
     assert c2.min() == 2 and c2.max() == 3 and c2.sum() == 2 * idx_all.size + 3
     for kw, match in (({"rounds": 0}, "rounds"), ({"pad_to": 3}, "pad_to")):
         with pytest.raises(ValueError, match=match):
-            subpopulation_influence_flip(L, X, y, tr, 5, **kw)
+            subpopulation_influence_flip(V, X, y, tr, 5, **kw)
     with pytest.raises(ValueError, match="budget"):
-        subpopulation_influence_flip(L, X, y, tr, -1)
+        subpopulation_influence_flip(V, X, y, tr, -1)
     with pytest.raises(ValueError, match="y_train"):
-        subpopulation_influence_flip(L, X, (y + 1) / 2, tr, 5)
+        subpopulation_influence_flip(V, X, 2 * y - 1, tr, 5)
+    with pytest.raises(ValueError, match="train_mask"):
+        subpopulation_influence_flip(V, X, y, tr[:-1], 5)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -262,7 +272,7 @@ def test_pca_projection():
 
 
 def test_adult_attributes_on_real_adult(shared_data_dir):
-    from poisoning.data import load_adult
+    from poisoning.datasets import load_adult
 
     ds = load_adult(shared_data_dir)
     attrs = adult_attributes(ds)

@@ -165,8 +165,10 @@ def test_dual_validation(gaussians):
         svm_dual_fit(X, y[:10], 1.0)
     with pytest.raises(ValueError, match="argument 'C'"):
         svm_dual_fit(X, y, np.ones(3))
-    with pytest.raises(ValueError, match="argument 'C' must be positive"):
+    with pytest.raises(ValueError, match="argument 'C' must be non-negative"):
         svm_dual_fit(X, y, 0.0)
+    with pytest.raises(ValueError, match="argument 'C' must be non-negative"):
+        svm_dual_fit(X, y, -np.ones(N))
     with pytest.raises(ValueError, match="argument 'X' contains NaN"):
         svm_dual_fit(np.where(np.arange(N)[:, None] == 3, np.nan, X), y, 1.0)
 

@@ -1,0 +1,82 @@
+"""Defense evaluation: copies as rows, sanitize-and-retrain, the per-defense table (against the victim record)."""
+
+import numpy as np
+import pytest
+
+from poisoning import victims
+from poisoning.attack import PoisonPoints
+from poisoning.defenses.evaluate import (
+    evaluate_defenses,
+    expand_copies,
+    fit_poisoned,
+    fit_victim,
+    hinge_score,
+    make_defense,
+    sanitize_and_train,
+)
+from poisoning.defenses.sanitizers import SphereDefense, linear_hinge_losses
+
+
+def _data(n, d=3, seed=0):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    X = np.clip(0.5 + 0.2 * (2 * y[:, None] - 1) + 0.1 * rng.standard_normal((n, d)), 0, 1)
+    return X, y
+
+
+def test_expand_copies():
+    X, y = _data(6)
+    poison = PoisonPoints(np.array([[0.0, 0.0, 0.0], [1.0, 1.0, 1.0]]), np.array([1, 0]), counts=np.array([2, 1]))
+    Xs, ys, is_p = expand_copies(X, y, poison)
+    assert Xs.shape == (9, 3) and is_p.tolist() == [False] * 6 + [True] * 3
+    np.testing.assert_array_equal(Xs[6:], [[0, 0, 0], [0, 0, 0], [1, 1, 1]])
+    np.testing.assert_array_equal(ys[6:], [1, 1, 0])
+    Xs, _, is_p = expand_copies(X, y, PoisonPoints(poison.X, poison.y))  # no counts: one copy each
+    assert is_p.sum() == 2
+    with pytest.raises(ValueError, match="counts"):
+        expand_copies(X, y, PoisonPoints(poison.X, poison.y, counts=np.array([1.5, 1.0])))
+    with pytest.raises(ValueError, match="PoisonPoints"):
+        expand_copies(X, y, "not a poison")
+
+
+def test_copies_as_weights_and_table():
+    """Weights of integer copies = the copies as rows (the same training objective); the table's numbers
+    equal the sanitize-and-retrain done by hand; a far poison is removed by the sphere, a poison at its
+    class mean with k + 1 copies is kept by every defense (k-NN score 0)."""
+    X, y = _data(40)
+    Xt, yt = _data(30, seed=1)
+    victim = victims.smooth_svm(0.05, 0.1)
+    far = PoisonPoints(np.array([[3.0, -2.0, 3.0]]), np.array([1]), counts=np.array([6]))
+    inside = PoisonPoints(X[y == 0].mean(0, keepdims=True), np.array([0]), counts=np.array([6]))
+    Xs, ys, _ = expand_copies(X, y, far)
+    p_rows, p_weights = fit_victim(victim, Xs, ys), fit_poisoned(victim, X, y, far)
+    np.testing.assert_allclose(np.asarray(p_rows["w"]), np.asarray(p_weights["w"]), atol=1e-10)
+    np.testing.assert_allclose(float(p_rows["b"]), float(p_weights["b"]), atol=1e-10)
+    np.testing.assert_allclose(hinge_score(victim, p_rows, Xs, ys),
+                               linear_hinge_losses(p_rows["w"], p_rows["b"], Xs, ys), atol=1e-12)
+
+    rows = evaluate_defenses(victim, X, y, Xt, yt, {"far": far, "inside": inside}, fraction=0.25,
+                             loss_score=hinge_score)
+    assert [r["defense"] for r in rows] == ["sphere", "slab", "loss", "knn"]
+    clean = fit_victim(victim, X, y)
+    err = lambda p: float(np.mean(np.asarray(victim.predict(p, Xt)) != yt))
+    params, keep = sanitize_and_train(victim, Xs, ys, "sphere", 0.25, warm_start=clean)
+    # the sphere defense by hand: fit on the poisoned data, drop round(0.05 n_c) per class
+    keep_hand, _ = SphereDefense(num_classes=2).sanitize(Xs, ys, 0.25)
+    np.testing.assert_array_equal(keep, np.asarray(keep_hand))
+    assert (~keep).sum() == sum(round(0.25 * np.sum(ys == c)) for c in (0, 1))
+    for r in rows:
+        assert r["clean_error"] == err(clean)
+        assert r["far_no_defense"] == err(fit_poisoned(victim, X, y, far))
+        assert r["inside_poison_kept"] == 1.0
+    sphere = rows[0]
+    assert sphere["far_poison_kept"] == 0.0 and sphere["far_with_defense"] == err(params)
+    # the loss defense scores by the victim's own loss by default (the smoothed hinge here)
+    keep, scores = make_defense("loss", victim, warm_start=clean).sanitize(Xs, ys, 0.25)
+    p_poisoned = fit_victim(victim, Xs, ys, warm_start=clean)
+    np.testing.assert_allclose(scores, victim.loss(p_poisoned, Xs, ys), rtol=1e-12)
+    assert (~np.asarray(keep)).sum() == sum(round(0.25 * np.sum(ys == c)) for c in (0, 1))
+    with pytest.raises(ValueError, match="fraction"):
+        evaluate_defenses(victim, X, y, Xt, yt, {"far": far}, fraction=1.0)
+    with pytest.raises(ValueError, match="unknown defense"):
+        evaluate_defenses(victim, X, y, Xt, yt, {"far": far}, defenses=("svd",))
