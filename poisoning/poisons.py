@@ -35,11 +35,13 @@ __all__ = ["CleanData", "PoisonPoints", "LabelFlips", "PoisonWeights"]
 # how the leader enters the training set
 # ----------------------------------------------------------------------------------------------------
 class CleanData(NamedTuple):
-    """The victim's clean training set (public labels) and the victim's cache of it (a pytree)."""
+    """The victim's clean training set (public labels), the victim's cache of it (a pytree) and the
+    rows' weights (``None``: all 1)."""
 
     X: jax.Array
     y: jax.Array
     cache: Any
+    weights: Any = None
 
 
 def _dataclass_pytree(cls, data, meta=()):
@@ -86,16 +88,63 @@ class PoisonPoints:
                 raise ValueError(f"argument '{name}.counts' must be {X.shape[0]} finite non-negative numbers")
         return dataclasses.replace(self, X=X, y=y, counts=counts)
 
-    def training_weights(self, n_train, active, dtype):
+    def training_weights(self, clean: CleanData, active, dtype):
         c = active.astype(dtype) if self.counts is None else active.astype(dtype) * jnp.asarray(self.counts, dtype)
-        return jnp.concatenate([jnp.ones((n_train,), dtype), c])
+        w = jnp.ones((clean.X.shape[0],), dtype) if clean.weights is None else clean.weights.astype(dtype)
+        return jnp.concatenate([w, c])
+
+    def one_point_problem(self, i, victim: Victim, clean: CleanData, active):
+        r"""Block ``i`` of the sequential mode posed as a one-point problem: the victim's training set is the
+        clean set plus every poison row as *fixed* rows, weighted by its count where ``active`` and the
+        row is not ``i`` (the points already placed) and 0 elsewhere, plus row ``i`` of the leader
+        appended (a :class:`PoisonRow`). The same training set as the masked ``m``-row problem, but the
+        victim's cache covers the fixed rows, so a Gram-cached victim recomputes one row per step
+        instead of ``m``. Returns ``(PoisonRow, clean_i)``; traceable in ``i``."""
+        dtype = clean.X.dtype
+        others = active & (jnp.arange(self.num_blocks()) != i)
+        Xa = jnp.concatenate([clean.X, self.X.astype(dtype)], axis=0)
+        ya = jnp.concatenate([clean.y, jnp.asarray(self.y, clean.y.dtype)])
+        clean_i = CleanData(Xa, ya, jax.lax.stop_gradient(victim.prepare(Xa, ya)),
+                            self.training_weights(clean, others, dtype))
+        return PoisonRow(self, jnp.asarray(i, jnp.int32)), clean_i
 
     def fit(self, victim: Victim, leader, clean: CleanData, active, warm):
         Xp, yp = (leader["X"], leader["y"]) if self.optimize_labels else (leader, self.y)
         dtype = clean.X.dtype
-        weights = self.training_weights(clean.X.shape[0], active, dtype)
+        weights = self.training_weights(clean, active, dtype)
         return victim.fit_appended_fn(clean.cache, clean.X, victim.encode(clean.y, dtype), Xp.astype(dtype),
                                       victim.encode(yp, dtype), weights, warm)
+
+
+@functools.partial(_dataclass_pytree, data=("points", "i"), meta=())
+@dataclasses.dataclass(frozen=True)
+class PoisonRow:
+    """Row ``i`` of :class:`PoisonPoints` as the only moving row: the leader is still all ``m`` rows (the
+    feasible set and the driver's masks see the full array), the victim trains on a clean set that
+    already holds the other rows (:meth:`PoisonPoints.one_point_problem`) plus row ``i``."""
+
+    points: PoisonPoints
+    i: Any
+
+    def leader(self):
+        return self.points.leader()
+
+    def with_leader(self, leader) -> "PoisonRow":
+        return PoisonRow(self.points.with_leader(leader), self.i)
+
+    def num_blocks(self) -> int:
+        return self.points.num_blocks()
+
+    def num_rows(self, n_train: int) -> int:
+        return n_train + 1
+
+    def fit(self, victim: Victim, leader, clean: CleanData, active, warm):
+        row = lambda a: jax.lax.dynamic_slice_in_dim(jnp.asarray(a), self.i, 1)
+        p = self.points
+        leader_i = jax.tree_util.tree_map(row, leader)
+        counts = None if p.counts is None else row(p.counts)
+        one = PoisonPoints(row(p.X), row(p.y), counts, p.optimize_labels)
+        return one.fit(victim, leader_i, clean, row(active), warm)
 
 
 @functools.partial(_dataclass_pytree, data=("q",), meta=())
@@ -169,6 +218,7 @@ class PoisonWeights:
     def fit(self, victim: Victim, leader, clean: CleanData, active, warm):
         dtype = clean.X.dtype
         c = leader.astype(dtype) * active.astype(dtype)  # an inactive candidate is absent
-        weights = jnp.concatenate([jnp.ones((clean.X.shape[0],), dtype), c])
+        base = jnp.ones((clean.X.shape[0],), dtype) if clean.weights is None else clean.weights.astype(dtype)
+        weights = jnp.concatenate([base, c])
         return victim.fit_appended_fn(clean.cache, clean.X, victim.encode(clean.y, dtype),
                                       jnp.asarray(self.X, dtype), victim.encode(self.y, dtype), weights, warm)

@@ -27,7 +27,7 @@ import jax.numpy as jnp
 from poisoning.models._conv import IMPLS as CONV_IMPLS
 from poisoning.models._conv import conv_function
 
-__all__ = ["prepare_input", "conv_init", "batch_norm", "Conv", "CONV_IMPLS", "avg_pool", "max_pool", "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD"]
+__all__ = ["ImageClassifier", "prepare_input", "conv_init", "batch_norm", "Conv", "CONV_IMPLS", "avg_pool", "max_pool", "CIFAR10_MEAN", "CIFAR10_STD", "MNIST_MEAN", "MNIST_STD"]
 
 # Per-channel statistics of the training sets (the CIFAR-10 std is the one of the poisoning
 # benchmark's ``data_mean_std_dict``; MNIST's are the usual 0.1307 / 0.3081).
@@ -60,6 +60,21 @@ def prepare_input(x, mean: Sequence[float] | None, std: Sequence[float] | None):
         s = jnp.asarray(std, x.dtype)
         x = (x - m) / s
     return x
+
+
+class ImageClassifier(nn.Module):
+    """The fields every model shares (its subclasses add their architecture's own, keyword-only in
+    practice): ``num_classes`` (the head's width), ``conv`` (how convolutions are computed, see
+    :func:`Conv`) and the per-channel ``mean`` / ``std`` applied first (:func:`prepare_input`)."""
+
+    num_classes: int = 10
+    conv: str = "auto"
+    mean: Sequence[float] | None = None
+    std: Sequence[float] | None = None
+
+    def prepare(self, x):
+        """The model's input convention: checked rank and dtype, channel axis, normalization."""
+        return prepare_input(x, self.mean, self.std)
 
 
 def Conv(features: int, kernel_size, *, conv: str = "auto", **kw) -> nn.Conv:  # noqa: N802 - a layer factory

@@ -21,28 +21,22 @@ Learning Model Supply Chain*, arXiv:1708.06733 (2017); IEEE Access 7 (2019).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 
-from poisoning.models._common import Conv, avg_pool, prepare_input
+from poisoning.models._common import avg_pool, Conv, ImageClassifier
 
 __all__ = ["BadNetsCNN"]
 
 
-class BadNetsCNN(nn.Module):
+class BadNetsCNN(ImageClassifier):
     """BadNets' two-convolution, two-dense MNIST classifier (see the module docstring)."""
 
-    num_classes: int = 10
     width: int = 16
     hidden: int = 512
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
         x = nn.relu(Conv(self.width, (5, 5), conv=self.conv, padding="VALID", name="conv1")(x))
         x = avg_pool(x, 2)
         x = nn.relu(Conv(2 * self.width, (5, 5), conv=self.conv, padding="VALID", name="conv2")(x))

@@ -13,28 +13,22 @@ of their ``forest/victims/models.py``).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 
-from poisoning.models._common import Conv, batch_norm, conv_init, max_pool, prepare_input
+from poisoning.models._common import batch_norm, Conv, conv_init, ImageClassifier, max_pool
 
 __all__ = ["ConvNet"]
 
 
-class ConvNet(nn.Module):
+class ConvNet(ImageClassifier):
     """Five convolutions, two 3x3 max-pools, one dense head (see the module docstring)."""
 
-    num_classes: int = 10
     width: int = 32
     batch_norm: bool = False
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
         w = self.width
         for i, (c, pool) in enumerate(((w, False), (2 * w, False), (2 * w, False), (4 * w, True), (4 * w, True))):
             x = Conv(c, (3, 3), conv=self.conv, padding=1, use_bias=not self.batch_norm, kernel_init=conv_init, name=f"conv{i}")(x)

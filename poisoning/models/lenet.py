@@ -16,28 +16,22 @@ Recognition*, Proc. IEEE 86(11), 1998, Sec. II.B.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import flax.linen as nn
 
-from poisoning.models._common import Conv, max_pool, prepare_input
+from poisoning.models._common import Conv, ImageClassifier, max_pool
 
 __all__ = ["LeNet5"]
 
 
-class LeNet5(nn.Module):
+class LeNet5(ImageClassifier):
     """LeNet-5 with ReLU and max-pooling (see the module docstring); ``pad`` pixels of zero padding
     before C1 (2 for 28x28 MNIST, 0 for 32x32 input)."""
 
-    num_classes: int = 10
     pad: int = 2
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
         p = self.pad
         x = nn.relu(Conv(6, (5, 5), conv=self.conv, padding=((p, p), (p, p)), name="c1")(x))
         x = max_pool(x, 2)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from poisoning.models._common import Conv, batch_norm, conv_init, prepare_input
+from poisoning.models._common import batch_norm, Conv, conv_init, ImageClassifier
 
 __all__ = ["InvertedResidual", "MobileNetV2", "MOBILENETV2_CIFAR_CONFIG"]
 
@@ -63,20 +63,16 @@ class InvertedResidual(nn.Module):
         return out + x
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(ImageClassifier):
     """MobileNetV2, CIFAR variant (see the module docstring)."""
 
-    num_classes: int = 10
     width_mult: float = 1.0
     config: Sequence[tuple[int, int, int, int]] = MOBILENETV2_CIFAR_CONFIG
     last_channels: int = 1280
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
 
         def scaled(c):
             return max(1, int(round(c * self.width_mult)))

@@ -28,23 +28,19 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from poisoning.models._common import Conv, batch_norm, conv_init, prepare_input
+from poisoning.models._common import batch_norm, Conv, conv_init, ImageClassifier
 
 __all__ = ["NetworkInNetwork"]
 
 
-class NetworkInNetwork(nn.Module):
+class NetworkInNetwork(ImageClassifier):
     """Three mlpconv stages (see the module docstring)."""
 
-    num_classes: int = 10
     channels: Sequence[int] = (192, 160, 96)
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
         c1, c2, c3 = self.channels
 
         def block(x, features, kernel, name):

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax.numpy as jnp
 
-from poisoning.models._common import Conv, batch_norm, conv_init, prepare_input
+from poisoning.models._common import batch_norm, Conv, conv_init, ImageClassifier
 
 __all__ = ["BasicBlock", "PreActBlock", "ResNet", "PreActResNet"]
 
@@ -95,7 +95,7 @@ class PreActBlock(nn.Module):
         return out + x
 
 
-class ResNet(nn.Module):
+class ResNet(ImageClassifier):
     """Post-activation ResNet for small images (see the module docstring).
 
     ``ResNet()`` is ResNet-18 (CIFAR); ``ResNet(stage_sizes=(3, 3, 3), width=16, shortcut="pad")``
@@ -103,18 +103,14 @@ class ResNet(nn.Module):
     """
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    num_classes: int = 10
     width: int = 64
     shortcut: str = "projection"
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
         if self.shortcut not in _SHORTCUTS:
             raise ValueError(f"shortcut must be one of {_SHORTCUTS}, got {self.shortcut!r}")
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
         x = nn.relu(batch_norm(train, name="stem_bn")(_conv(self.width, 3, name="stem", conv=self.conv)(x)))
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):
@@ -127,20 +123,16 @@ class ResNet(nn.Module):
         return nn.Dense(self.num_classes, name="head")(x)
 
 
-class PreActResNet(nn.Module):
+class PreActResNet(ImageClassifier):
     """Pre-activation ResNet; ``PreActResNet()`` is PreAct-ResNet-18 (see the module docstring)."""
 
     stage_sizes: Sequence[int] = (2, 2, 2, 2)
-    num_classes: int = 10
     width: int = 64
     final_norm: bool = False
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
         x = _conv(self.width, 3, name="stem", conv=self.conv)(x)
         for i, blocks in enumerate(self.stage_sizes):
             for j in range(blocks):

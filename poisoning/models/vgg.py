@@ -17,26 +17,22 @@ from collections.abc import Sequence
 
 import flax.linen as nn
 
-from poisoning.models._common import Conv, batch_norm, max_pool, prepare_input
+from poisoning.models._common import batch_norm, Conv, ImageClassifier, max_pool
 
 __all__ = ["VGG", "VGG11_CONFIG"]
 
 VGG11_CONFIG = (1, "M", 2, "M", 4, 4, "M", 8, 8, "M", 8, 8, "M")  # multiples of ``width``
 
 
-class VGG(nn.Module):
+class VGG(ImageClassifier):
     """VGG with BatchNorm; ``config`` lists filter multiples of ``width`` and ``"M"`` (max-pool)."""
 
-    num_classes: int = 10
     width: int = 64
     config: Sequence[int | str] = VGG11_CONFIG
-    conv: str = "auto"
-    mean: Sequence[float] | None = None
-    std: Sequence[float] | None = None
 
     @nn.compact
     def __call__(self, x, train: bool = False, features: bool = False):
-        x = prepare_input(x, self.mean, self.std)
+        x = self.prepare(x)
         i = 0
         for item in self.config:
             if item == "M":

@@ -164,6 +164,30 @@ def test_modes_and_result_fields(problem):
     np.testing.assert_array_equal(again.poison.X, seq.poison.X)
 
 
+@pytest.mark.parametrize("victim", ["svm", "logistic"])
+def test_sequential_one_point_blocks_train_on_the_placed_points(problem, victim):
+    """Sequential mode poses block k as a one-point problem (the k placed points join the victim's cached
+    training set, row k is appended): after every block, the objective it reports is the plain
+    ``m``-row problem's value with the first k + 1 points present (counts included), and the reported
+    victim is the plain fit."""
+    X, y, _, _, Xv, yv = problem
+    Xp = np.clip(X[:3] + 0.02, 0, 1)
+    yp = 1 - y[:3]
+    counts = np.array([2.0, 1.0, 3.0])
+    v = victims.svm(1.0) if victim == "svm" else victims.logistic(1e-2)
+    att = PoisoningAttack(v, error_generic, Box(0, 1), step=fixed_step(0.1))
+    res = run(att, X, y, PoisonPoints(Xp, yp, counts), (Xv, yv), steps=5, mode="sequential")
+    assert res.n_steps.min() >= 1
+    # the plain problem with the first k + 1 points present = all points, the others with count 0
+    plain = jax.jit(lambda c: attack_value(att, X, y, PoisonPoints(res.poison.X, yp, c), (Xv, yv)))
+    for k in range(3):
+        value, params = plain(counts * (np.arange(3) <= k))
+        np.testing.assert_allclose(res.block_objective[k], float(value), rtol=1e-7, atol=1e-10)
+        w = res.block_params[k].w if victim == "svm" else res.block_params[k]["w"]
+        w_ref = params.w if victim == "svm" else params["w"]
+        np.testing.assert_allclose(np.asarray(w), np.asarray(w_ref), atol=1e-6)
+
+
 def test_backtrack_rule_and_stall_warning(problem):
     X, y, Xp, yp, Xv, yv = problem
     att = PoisoningAttack(victims.logistic(1e-2), error_generic, Box(0, 1), gain_tol=None,
