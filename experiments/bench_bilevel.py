@@ -405,6 +405,8 @@ def run(args) -> dict[str, Any]:
         for r in runs:
             ttt, stt = _time_to_target(r["checkpoints"], target) if r["checkpoints"] else (None, None)
             last = r["checkpoints"][-1] if r["checkpoints"] else {}
+            if r.get("diverged"):  # a NaN model's "accuracy" is not a result: no final metrics
+                last = {k: v for k, v in last.items() if k not in ("test_accuracy", "weight_auc")}
             rows.append({"solver": r["solver"], "problem": problem, "source": r["source"], "seed": r["seed"],
                          "time_to_target": ttt, "samples_to_target": stt, "final_outer": last.get("outer"),
                          "final_test_accuracy": last.get("test_accuracy"), "final_weight_auc": last.get("weight_auc"),

@@ -10,9 +10,12 @@ real targets for regression) and one interface (``fit``, ``decision``, ``predict
 - :func:`ridge`, :func:`ols`, :func:`lasso`, :func:`elastic_net` (regression);
 - :func:`network`: a flax module trained by optax for ``T`` steps, differentiated through (or by
   reversing) the steps;
+- :func:`on_features`: any of them trained on frozen features (transfer learning), differentiable in
+  the raw inputs;
 - :func:`smooth_victim`: the builder for a new smooth victim (a loss, a solver, a method).
 """
 
+from poisoning.victims.features import on_features
 from poisoning.victims.base import Victim, check_features, check_labels, check_weights, normalized_weights
 from poisoning.victims.linear import adaline, logistic, ols, ridge, smooth_victim, softmax
 from poisoning.victims.mlp import mlp
@@ -39,4 +42,5 @@ __all__ = [
     "lasso",
     "elastic_net",
     "network",
+    "on_features",
 ]
