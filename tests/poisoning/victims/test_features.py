@@ -11,6 +11,7 @@ from poisoning import victims
 from poisoning.attack import PoisoningAttack, PoisonPoints, hypergradient, run
 from poisoning.feasible import Box
 from poisoning.datasets import biggio_protocol, load_digits
+from tests.poisoning.test_attack import _central_fd
 
 _W = np.random.default_rng(0).standard_normal((64, 12)) / 4.0
 
@@ -43,15 +44,6 @@ def test_equals_the_learner_on_precomputed_features(base):
     assert v.init(60, 64)  # cold-start parameters sized by the feature dimension
     with pytest.raises(ValueError, match="'features'"):
         victims.on_features(inner, "not a function")
-
-
-def _central_fd(f, x, eps):
-    g = np.zeros_like(x)
-    for idx in np.ndindex(x.shape):
-        e = np.zeros_like(x)
-        e[idx] = eps
-        g[idx] = (f(x + e) - f(x - e)) / (2 * eps)
-    return g
 
 
 def target_margin(victim, params, X_target, y_adv):  # the targeted objective: the adversarial class's fit
