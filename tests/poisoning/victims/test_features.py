@@ -25,7 +25,7 @@ def _split():  # float64 (the digits are stored in float32)
     return dataclasses.replace(s, X_train=np.asarray(s.X_train, np.float64), X_val=np.asarray(s.X_val, np.float64))
 
 
-@pytest.mark.parametrize("base", ["logistic", "svm"])
+@pytest.mark.parametrize("base", ["logistic"])  # the SVM's Gram-cached path runs in the hypergradient test
 def test_equals_the_learner_on_precomputed_features(base):
     s = _split()
     inner = victims.logistic(1e-2) if base == "logistic" else victims.svm(1.0)
