@@ -272,6 +272,26 @@ def _block_masks(leader, m, i, mode):
     return mask, active
 
 
+@functools.partial(jax.jit, static_argnums=0)
+def _one_point_problem(victim, poison, clean, leader, i):
+    """Block ``i`` of the sequential mode as a one-point problem (points ``< i`` placed)."""
+    active = jnp.arange(poison.num_blocks()) <= i
+    return poison.with_leader(leader).one_point_problem(i, victim, clean, active)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _plain_fit(victim, poison, clean, leader, active):
+    """The victim trained cold on the clean rows followed by the poison rows present in ``active``."""
+    X = clean.X
+    warm = victim.init(poison.num_rows(X.shape[0]), tuple(X.shape[1:]) if X.ndim > 2 else X.shape[1], X.dtype)
+    return poison.fit(victim, leader, clean, active, warm)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _project(solver, x, w):
+    return solver._project(x, w)
+
+
 def run(attack: PoisoningAttack, X_train, y_train, poison, target: tuple = (), *, steps: int = 100,
         mode: Literal["joint", "sequential", "coordinate"] = "joint", warm_start=None, step_state=None,
         callback: Callable | None = None) -> AttackResult:
@@ -309,8 +329,7 @@ def run(attack: PoisoningAttack, X_train, y_train, poison, target: tuple = (), *
     # victim recomputes one row per step; the leader, masks and feasible set are those of all m rows
     one_point = mode == "sequential" and hasattr(poison, "one_point_problem")
     if one_point:
-        problem_of = jax.jit(lambda leader, i: poison.with_leader(leader).one_point_problem(
-            i, victim, clean, jnp.arange(m) <= i))
+        problem_of = lambda leader, i: _one_point_problem(victim, poison, clean, leader, i)
     else:
         problem_of = lambda leader, i: (poison, clean)
     problem0 = problem_of(leader0, 0)
@@ -324,19 +343,17 @@ def run(attack: PoisoningAttack, X_train, y_train, poison, target: tuple = (), *
     state0 = solver.init(leader0, warm0, *problem0, active0, *target, mask=mask0, rule_state=step_state)
     compiled = _run_compiled.lower(solver, state0, (*problem0, active0, *target), mask0).compile()
     compile_seconds = time.perf_counter() - t0
-    project = jax.jit(lambda x, w: solver._project(x, w))
 
     def block(leader, problem, active, mask, warm):
         # a block starts like state0 from the current leader, its free entries projected, and the victim
         # warm-started from the previous block's fit (the victims that train a fixed number of steps
         # from their initialization ignore warm starts)
-        leader = _masked_where(mask, project(leader, warm0), leader)
+        leader = _masked_where(mask, _project(solver, leader, warm0), leader)
         state = state0._replace(leader=leader, best_leader=leader, follower=warm, best_follower=warm)
         return jax.block_until_ready(compiled(state, (*problem, active, *target), mask))
 
     # the victim as reported: trained on the plain layout (clean rows, then the m poison rows)
-    refit = jax.jit(lambda leader, active: poison.fit(victim, leader, clean, active, victim.init(
-        poison.num_rows(clean.X.shape[0]), tuple(clean.X.shape[1:]) if clean.X.ndim > 2 else clean.X.shape[1], dtype)))
+    refit = lambda leader, active: _plain_fit(victim, poison, clean, leader, active)
     # the clean victim: the same compiled loop, no poison present, nothing free (one evaluation; it also
     # takes the executable's first-call costs out of the timed blocks)
     nothing = jnp.zeros((m,), bool)

@@ -14,7 +14,23 @@ __all__ = ["CG", "NormalCG", "GMRES", "BiCGStab"]
 
 
 @dataclasses.dataclass(frozen=True)
-class CG(LinearSolver):
+class _Krylov(LinearSolver):
+    """The settings every Krylov solver shares (``tol`` relative, ``maxiter``, ``ridge``) and the dtype
+    alignment of operator, right-hand side and initial guess; a subclass implements ``_krylov``."""
+
+    tol: float | None = None
+    maxiter: int | None = None
+    ridge: float = 0.0
+
+    def __post_init__(self):
+        self._validate_common()
+
+    def _solve(self, op, b, x0, tol):
+        return self._krylov(*_common_dtype(op, b, x0), tol)
+
+
+@dataclasses.dataclass(frozen=True)
+class CG(_Krylov):
     r"""Conjugate gradients for :math:`(A + \rho I)x = b` with :math:`A + \rho I` symmetric positive definite.
 
     Wraps :func:`jax.scipy.sparse.linalg.cg` with ``tol`` relative (stops when
@@ -34,20 +50,12 @@ class CG(LinearSolver):
     :math:`\kappa` the condition number.
     """
 
-    tol: float | None = None
-    maxiter: int | None = None
-    ridge: float = 0.0
-
-    def __post_init__(self):
-        self._validate_common()
-
-    def _solve(self, op, b, x0, tol):
-        op_k, b_k, x0_k = _common_dtype(op, b, x0)
-        return jsp.cg(op_k, b_k, x0=x0_k, tol=tol, atol=0.0, maxiter=self.maxiter)[0]
+    def _krylov(self, op, b, x0, tol):
+        return jsp.cg(op, b, x0=x0, tol=tol, atol=0.0, maxiter=self.maxiter)[0]
 
 
 @dataclasses.dataclass(frozen=True)
-class NormalCG(LinearSolver):
+class NormalCG(_Krylov):
     r"""CG on the normal equations :math:`A_\rho^\top A_\rho x = A_\rho^\top b`, :math:`A_\rho = A + \rho I`.
 
     :math:`A_\rho^\top` is obtained with :func:`jax.linear_transpose` (``b`` serves as the example
@@ -64,26 +72,17 @@ class NormalCG(LinearSolver):
     number is squared, so convergence is slower than CG on SPD systems. Memory :math:`O(n)`.
     """
 
-    tol: float | None = None
-    maxiter: int | None = None
-    ridge: float = 0.0
-
-    def __post_init__(self):
-        self._validate_common()
-
-    def _solve(self, op, b, x0, tol):
-        op_k, b_k, x0_k = _common_dtype(op, b, x0)
-        op_t_tuple = jax.linear_transpose(op_k, b_k)
+    def _krylov(self, op, b, x0, tol):
+        op_t = jax.linear_transpose(op, b)
 
         def normal_op(v):
-            return op_t_tuple(op_k(v))[0]
+            return op_t(op(v))[0]
 
-        rhs = op_t_tuple(b_k)[0]
-        return jsp.cg(normal_op, rhs, x0=x0_k, tol=tol, atol=0.0, maxiter=self.maxiter)[0]
+        return jsp.cg(normal_op, op_t(b)[0], x0=x0, tol=tol, atol=0.0, maxiter=self.maxiter)[0]
 
 
 @dataclasses.dataclass(frozen=True)
-class GMRES(LinearSolver):
+class GMRES(_Krylov):
     r"""Restarted GMRES(``restart``) for a general non-singular :math:`(A + \rho I)x = b`.
 
     Wraps :func:`jax.scipy.sparse.linalg.gmres` (``tol`` relative, ``atol = 0``).
@@ -103,28 +102,24 @@ class GMRES(LinearSolver):
     basis and :math:`O(n\cdot\text{restart}^2)` orthogonalisation flops per cycle.
     """
 
-    tol: float | None = None
-    maxiter: int | None = None
-    ridge: float = 0.0
     restart: int = 20
     solve_method: str = "batched"
 
     def __post_init__(self):
-        self._validate_common()
+        super().__post_init__()
         _check_count("GMRES", "restart", self.restart, allow_none=False)
         if self.solve_method not in ("batched", "incremental"):
             raise ValueError(f"GMRES: solve_method must be 'batched' or 'incremental', got {self.solve_method!r}")
 
-    def _solve(self, op, b, x0, tol):
-        op_k, b_k, x0_k = _common_dtype(op, b, x0)
+    def _krylov(self, op, b, x0, tol):
         return jsp.gmres(
-            op_k, b_k, x0=x0_k, tol=tol, atol=0.0, restart=int(self.restart), maxiter=self.maxiter,
+            op, b, x0=x0, tol=tol, atol=0.0, restart=int(self.restart), maxiter=self.maxiter,
             solve_method=self.solve_method,
         )[0]
 
 
 @dataclasses.dataclass(frozen=True)
-class BiCGStab(LinearSolver):
+class BiCGStab(_Krylov):
     r"""BiCGSTAB for a general non-singular :math:`(A + \rho I)x = b`.
 
     Wraps :func:`jax.scipy.sparse.linalg.bicgstab` (``tol`` relative, ``atol = 0``). Fields as in
@@ -137,14 +132,6 @@ class BiCGStab(LinearSolver):
     :math:`O(n)`.
     """
 
-    tol: float | None = None
-    maxiter: int | None = None
-    ridge: float = 0.0
-
-    def __post_init__(self):
-        self._validate_common()
-
-    def _solve(self, op, b, x0, tol):
-        op_k, b_k, x0_k = _common_dtype(op, b, x0)
-        return jsp.bicgstab(op_k, b_k, x0=x0_k, tol=tol, atol=0.0, maxiter=self.maxiter)[0]
+    def _krylov(self, op, b, x0, tol):
+        return jsp.bicgstab(op, b, x0=x0, tol=tol, atol=0.0, maxiter=self.maxiter)[0]
 
