@@ -48,6 +48,7 @@ __all__ = [
     "Timing",
     "timed",
     "format_table",
+    "binomial_ci",
 ]
 
 DATA_DIR_ENV = "BILEVEL_DATA_DIR"  # = poisoning.datasets.DATA_DIR_ENV (not imported: _cli stays cheap)
@@ -435,3 +436,25 @@ def format_table(rows: Sequence[Sequence[Any]], headers: Sequence[str], *, float
     lines = [fmt(list(headers)), "  ".join("-" * w for w in widths)]
     lines += [fmt(r) for r in text]
     return "\n".join(line.rstrip() for line in lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# success rates
+
+
+def binomial_ci(successes: int, trials: int, *, confidence: float = 0.95) -> tuple[float, float]:
+    r"""Exact (Clopper-Pearson) confidence interval of a success probability from ``successes`` of
+    ``trials`` independent trials: the ``(1-confidence)/2`` and ``(1+confidence)/2`` quantiles of
+    :math:`\mathrm{Beta}(s, t-s+1)` and :math:`\mathrm{Beta}(s+1, t-s)` (0 and 1 at the ends).
+    Conservative: it covers the true rate with probability at least ``confidence``."""
+    from scipy.stats import beta
+
+    s, t = int(successes), int(trials)
+    if t < 1 or not 0 <= s <= t:
+        raise ValueError(f"binomial_ci needs 0 <= successes <= trials and trials >= 1, got {s} of {t}")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"argument 'confidence' must be in (0, 1), got {confidence!r}")
+    a = 1.0 - confidence
+    lo = 0.0 if s == 0 else float(beta.ppf(a / 2, s, t - s + 1))
+    hi = 1.0 if s == t else float(beta.ppf(1 - a / 2, s + 1, t - s))
+    return lo, hi

@@ -11,6 +11,10 @@
 - :mod:`poisoning.feasible` — feasible sets and every projection;
 - :mod:`poisoning.attacks` — published attacks, each objective + feasible set + victim + a call;
 - :mod:`poisoning.defenses` — sanitizers and the evaluation of attacks against them;
+- :mod:`poisoning.transfer` — clean-label attacks on transfer learning crafted in a frozen network's
+  feature space (feature collision, convex and bullseye polytopes) and the victims of the transfer
+  benchmark (a convex head on frozen features, end-to-end fine-tuning);
+- :mod:`poisoning.trials` — independent trials vmapped and sharded over devices (``jax.sharding``);
 - :mod:`poisoning.fairness` — group-fairness metrics;
 - :mod:`poisoning.datasets` — dataset loaders (one module per source) and paper protocols.
 """

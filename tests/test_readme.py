@@ -36,3 +36,14 @@ def test_readme_attack_and_stochastic_examples_run_as_written():
     assert "before: 0 after: 1" in targeted or "before: 1 after: 0" in targeted, targeted
     subopt = float(stochastic.split()[0])
     assert 0 <= subopt < 1e-3
+
+
+def test_readme_transfer_attack_example_runs_as_written():
+    chosen = [b for b in _blocks() if "FeatureSpaceAttack" in b]
+    assert len(chosen) == 1, "README: the one-loss transfer attack"
+    env = {k: v for k, v in os.environ.items() if k not in ("JAX_ENABLE_X64",)}
+    out = subprocess.run([sys.executable, "-c", chosen[0]], capture_output=True, text=True, env=env, timeout=600,
+                         cwd=os.path.dirname(README))
+    assert out.returncode == 0, out.stderr[-3000:]
+    before, after = (float(v) for v in out.stdout.split("feature distance")[1].split("->"))
+    assert after < 0.5 * before

@@ -124,7 +124,11 @@ class StackelbergConfig:
       projection: ``projection(leader) -> leader`` onto the feasible set, or ``None``; with
         ``projection_uses_follower`` it is called as ``projection(leader, w)``, ``w`` the follower's
         response at the current iterate (a feasible set that depends on the trained model, e.g. a
-        loss-based sanitizer's region; at :meth:`~StackelbergSolver.init` ``w`` is ``follower_init``).
+        loss-based sanitizer's region; at :meth:`~StackelbergSolver.init` ``w`` is ``follower_init``);
+        with ``projection_uses_args`` the problem's extra arrays follow, ``projection(leader, *args)`` or
+        ``projection(leader, w, *args)``: a set that depends on each problem's data (an
+        :math:`\\ell_\\infty` ball around per-problem base images), so problems batched by ``jax.vmap``
+        each keep their own set.
       maximize: maximize the leader objective instead of minimizing it.
       steps: maximum number of leader steps (>= 0; ``steps + 1`` iterates are evaluated at most).
       tol: a step moving the leader by at most ``tol`` (L2) counts as stalled; a whole stalled sweep stops
@@ -140,6 +144,7 @@ class StackelbergConfig:
     leader_optimizer: Any = "line_search"
     projection: Callable | None = None
     projection_uses_follower: bool = False
+    projection_uses_args: bool = False
     maximize: bool = False
     steps: int = 100
     tol: float | None = 0.0
@@ -154,7 +159,7 @@ class StackelbergConfig:
         object.__setattr__(self, "leader_optimizer", as_step_rule(self.leader_optimizer))
         if self.projection is not None and not callable(self.projection):
             raise ValueError(f"argument 'projection' must be callable or None, got {type(self.projection).__name__}")
-        for name in ("maximize", "return_best", "projection_uses_follower"):
+        for name in ("maximize", "return_best", "projection_uses_follower", "projection_uses_args"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ValueError(f"argument {name!r} must be a bool, got {getattr(self, name)!r}")
         _check_count("steps", self.steps, minimum=0)
@@ -370,11 +375,12 @@ class StackelbergSolver:
     def _sign(self):
         return -1.0 if self.config.maximize else 1.0
 
-    def _project(self, x, w):
+    def _project(self, x, w, args=()):
         p = self.config.projection
         if p is None:
             return x
-        return p(x, w) if self.config.projection_uses_follower else p(x)
+        extra = tuple(args) if self.config.projection_uses_args else ()
+        return p(x, w, *extra) if self.config.projection_uses_follower else p(x, *extra)
 
     def _value_and_hypergrad(self, x, warm, args):
         """``(sign * f, follower w*(x), hypergradient of sign * f)`` with the follower warm-started at ``warm``."""
@@ -399,10 +405,10 @@ class StackelbergSolver:
         loss = getattr(self.follower, "loss", None)
         if loss is not None:
             _check_scalar_fn("follower_loss", loss, follower, leader, *args)
-        if self.config.projection_uses_follower:
-            _check_projection(lambda x: self.config.projection(x, follower), leader)
+        if self.config.projection is None:
+            _check_projection(None, leader)
         else:
-            _check_projection(self.config.projection, leader)
+            _check_projection(lambda x: self._project(x, follower, args), leader)
         if self.config.mode == "coordinate":
             _num_blocks(leader)
 
@@ -414,7 +420,7 @@ class StackelbergSolver:
         leader = _float_tree("leader_init", leader_init)
         follower = jax.tree_util.tree_map(jnp.asarray, follower_init)  # a warm start (may hold inf markers)
         self._check_inputs(leader, follower, args)
-        leader = _masked_where(mask, self._project(leader, follower), leader)
+        leader = _masked_where(mask, self._project(leader, follower, args), leader)
         dtype = jnp.result_type(*jax.tree_util.tree_leaves(leader))
         cfg = self.config
         rule = cfg.leader_optimizer
@@ -505,7 +511,7 @@ class StackelbergSolver:
                 updates, rule_state = rule.update(g, rule_state, x, val)
                 if coordinate:
                     updates = _block_mask(updates, block)
-                moved = self._project(jax.tree_util.tree_map(lambda a, u: a + u.astype(a.dtype), x, updates), w)
+                moved = self._project(jax.tree_util.tree_map(lambda a, u: a + u.astype(a.dtype), x, updates), w, args)
                 x_new = _masked_where(mask, moved, x)
                 w_new = w
                 eta_next = state.step_size
@@ -558,7 +564,7 @@ class StackelbergSolver:
 
         def body(c):
             e = c["e_try"]
-            moved = self._project(jax.tree_util.tree_map(lambda a, b: a + e.astype(a.dtype) * b, x, d), w)
+            moved = self._project(jax.tree_util.tree_map(lambda a, b: a + e.astype(a.dtype) * b, x, d), w, args)
             xt = _masked_where(mask, moved, x)
             ft, wt = self._trial(xt, w, args)
             ft = ft.astype(dtype)
