@@ -15,7 +15,7 @@ def run(attack: str, paper_lines: Sequence[str], argv: Sequence[str] | None, def
         raise SystemExit("--attacks is fixed by this experiment; use experiments.schwarzschild2021 for several")
     if not any(a == "--out" or a.startswith("--out=") for a in argv):
         argv += ["--out", default_out]
-    res = schwarzschild2021.main(["--attacks", attack, *extra, *argv])
+    res = schwarzschild2021.main(["--attacks", f"none,{attack}", *extra, *argv])  # with the clean control
     print("the paper (its own protocol, not this one):")
     for line in paper_lines:
         print("  " + line)

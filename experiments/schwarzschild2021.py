@@ -59,8 +59,9 @@ from experiments import _cli
 
 __all__ = ["ATTACKS", "PAPER", "Protocol", "load_transfer_data", "make_trials", "build_parser", "main"]
 
-ATTACKS = ("fc", "cp", "bp")
-ATTACK_NAMES = {"fc": "feature collision", "cp": "convex polytope", "bp": "bullseye polytope"}
+ATTACKS = ("none", "fc", "cp", "bp")
+ATTACK_NAMES = {"none": "none (clean bases)", "fc": "feature collision", "cp": "convex polytope",
+                "bp": "bullseye polytope"}
 BOXES = ("white", "grey", "black")
 SETTINGS = ("frozen", "end2end")
 # Schwarzschild et al. 2021, CIFAR-10 transfer (README / index.md of aks2203/poisoning-benchmark), %
@@ -144,14 +145,15 @@ def make_trials(y_finetune, y_test, n_trials: int, n_poisons: int, seed: int):
             "poison_idx": np.asarray(poison_idx, np.int32)}
 
 
-def _extractors(boxes, preset, protocol, data_dir, cache_dir, seed, quick, model="resnet18"):
+def _extractors(boxes, preset, protocol, data_dir, cache_dir, seed, quick, model="resnet18",
+                black=("vgg11", "mobilenetv2")):
     from experiments.pretrain import pretrain
 
     nets = {"white": [(model, seed)]}
     if "grey" in boxes:
         nets["grey"] = [(model, seed + 1)]
     if "black" in boxes:
-        nets["black"] = [("vgg11", seed), ("mobilenetv2", seed)]
+        nets["black"] = [(name, seed) for name in black]
     out, info = {}, {}
     for box, specs in nets.items():
         out[box] = []
@@ -171,9 +173,14 @@ def _crafter(attack: str, model, proto: Protocol):
 
     from poisoning.attacks import aghakhani2021, shafahi2018, zhu2019
 
-    mod = {"fc": shafahi2018, "cp": zhu2019, "bp": aghakhani2021}[attack]
+    mod = {"fc": shafahi2018, "cp": zhu2019, "bp": aghakhani2021}.get(attack)
 
     def craft(trial, variables, x_ft, x_te):
+        if mod is None:  # the control: the bases enter unchanged (same trials, same victims' training)
+            bases = jnp.take(x_ft, trial["poison_idx"], axis=0)
+            zero = jnp.zeros((), bases.dtype)
+            return {"poisons": bases, "loss": zero, "loss_start": zero}
+
         def phi(x):
             return model.apply(variables, x, train=False, features=True)
 
@@ -242,7 +249,9 @@ def build_parser():
     p.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
     p.add_argument("--protocol", default="cifar10-first5", help="pretraining protocol (experiments.pretrain)")
     p.add_argument("--model", default="resnet18", help="the white- and grey-box architecture (poisoning.models)")
-    p.add_argument("--attacks", default=",".join(ATTACKS), help="comma-separated subset of fc,cp,bp")
+    p.add_argument("--black", default="vgg11,mobilenetv2", help="the black-box architectures (averaged)")
+    p.add_argument("--attacks", default=",".join(ATTACKS),
+                   help="comma-separated subset of none,fc,cp,bp (none: the bases unchanged, the control)")
     p.add_argument("--boxes", default=",".join(BOXES), help="comma-separated subset of white,grey,black")
     p.add_argument("--settings", default=",".join(SETTINGS), help="comma-separated subset of frozen,end2end")
     p.add_argument("--trials", type=int, default=None, help="trials (default: the preset's)")
@@ -323,7 +332,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         x_te, y_te = x_te[:40], y_te[:40]
     trials = make_trials(y_ft, y_te, proto.trials, proto.poisons, args.seed)
     nets, net_info = _extractors(boxes, proto.pretrain_preset, args.protocol, args.data_dir, args.cache_dir,
-                                 args.seed, args.quick, args.model)
+                                 args.seed, args.quick, args.model,
+                                 tuple(b.strip() for b in args.black.split(",") if b.strip()))
     white = nets["white"][0]
     # per-setting outcomes are checkpointed under a fingerprint of what they depend on, so a rerun with
     # other settings recomputes exactly the entries those settings change
@@ -332,6 +342,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     base = (args.protocol, args.model, args.seed, bool(args.quick), fallback, proto.trials, proto.poisons,
             proto.per_class, proto.eps, proto.steps, proto.lr)
     e2e_fields = (proto.e2e_trials, proto.e2e_epochs, proto.e2e_lr, proto.e2e_batch, proto.e2e_eval)
+
+    def slot(box, i, net):  # the black box's members by name (--black picks them), the others by index
+        return net.info["model_name"] if box == "black" else str(i)
 
     def fingerprint(attack, setting=None):
         parts = base + ((proto.opacity,) if attack == "fc" else ())
@@ -377,8 +390,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         craft_seconds = float(res["seconds"])
         crafted[attack] = res
         with_poisons = dict(trials, poisons=np.asarray(res["poisons"]))
-        _plot_poisons(x_ft, x_te, {k: v[0] for k, v in trials.items()}, np.asarray(res["poisons"][0]),
-                      out / f"poisons_{attack}.png")
+        if attack != "none":
+            _plot_poisons(x_ft, x_te, {k: v[0] for k, v in trials.items()}, np.asarray(res["poisons"][0]),
+                          out / f"poisons_{attack}.png")
         for setting in settings:
             for box in boxes:
                 outcomes = []
@@ -386,13 +400,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                     if setting == "frozen":
                         V, F_ft, F_te = feats[(box, i)]
                         ev = _frozen_eval(net.model, 5, proto.head_reg)
-                        o = cached(f"{attack}/{setting}/{box}/{i}/{fingerprint(attack, setting)}", lambda: map_trials(
+                        o = cached(f"{attack}/{setting}/{box}/{slot(box, i, net)}/{fingerprint(attack, setting)}", lambda: map_trials(
                             ev, with_poisons, V, F_ft, y_ft, x_te, F_te, y_te, chunk=proto.chunk))
                     else:
                         n = proto.e2e_trials
                         sub = {k: v[:n] for k, v in with_poisons.items()}
                         ev = _e2e_eval(net.model, proto, len(y_ft))
-                        o = cached(f"{attack}/{setting}/{box}/{i}/{fingerprint(attack, setting)}", lambda: map_trials(
+                        o = cached(f"{attack}/{setting}/{box}/{slot(box, i, net)}/{fingerprint(attack, setting)}", lambda: map_trials(
                             ev, sub, net.state, x_ft, y_ft, x_te, y_te, chunk=max(1, min(proto.chunk, n))))
                     outcomes.append(o)
                 success = np.concatenate([np.asarray(o["success"]) for o in outcomes])
@@ -422,6 +436,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "protocol": dataclasses.asdict(proto),
         "pretraining": args.protocol,
         "model": args.model,
+        "black_box": args.black,
         "fallback": fallback,
         "transfer_classes": "CIFAR-10 5-9 (dog, frog, horse, ship, truck)" if not fallback else "digits 5-9",
         "n_finetune": int(len(y_ft)), "n_test": int(len(y_te)),
@@ -430,7 +445,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "devices": [str(d) for d in jax.devices()],
         "rows": rows,
         "loss": {a: {"start": float(np.mean(r["loss_start"])), "end": float(np.mean(r["loss"]))}
-                 for a, r in crafted.items()},
+                 for a, r in crafted.items() if a != "none"},
         "seconds": time.perf_counter() - t_all,
         "notes": ("frozen = convex logistic head on the extractor's features (the paper trains the last "
                   "layer by SGD with augmentation); black-box = mean over VGG-11 and MobileNetV2; trials "

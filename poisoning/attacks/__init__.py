@@ -9,7 +9,17 @@ of the one driver (:func:`poisoning.attack.run`).
   sanitizers);
 - :mod:`~poisoning.attacks.jagielski2018` — Jagielski et al. 2018 regression poisoning (OptP, BGD, StatP);
 - :mod:`~poisoning.attacks.solans2020` — Solans, Biggio & Castillo 2020 fairness poisoning;
-- :mod:`~poisoning.attacks.subpopulation` — Jagielski et al. 2021 subpopulation attacks.
+- :mod:`~poisoning.attacks.subpopulation` — Jagielski et al. 2021 subpopulation attacks;
+- :mod:`~poisoning.attacks.koh2017` — Koh & Liang 2017 influence attack on frozen features (training
+  images perturbed inside the 8-bit box through the driver and a frozen-feature victim);
+- :mod:`~poisoning.attacks.shafahi2018` — Poison Frogs feature collision (forward-backward splitting);
+- :mod:`~poisoning.attacks.zhu2019` — Convex Polytope (the coefficients an inner problem on the simplex);
+- :mod:`~poisoning.attacks.aghakhani2021` — Bullseye Polytope (equal coefficients, multi-draw);
+- :mod:`~poisoning.attacks.geiping2021` — Witches' Brew gradient matching (poisons for networks
+  trained from scratch; signed Adam, restarts, differentiable augmentation, ensembles).
+
+The last three are feature-space attacks on transfer learning (:mod:`poisoning.transfer`): a loss on
+the poisons' features, an optional inner problem, an l_inf ball around the bases, the core's leader loop.
 
 Submodules are imported on first use (``poisoning.attacks.biggio2012``), so importing one attack does
 not import them all.
@@ -17,7 +27,8 @@ not import them all.
 
 import importlib
 
-__all__ = ["biggio2012", "munoz2017", "label_flip", "koh2022", "jagielski2018", "solans2020", "subpopulation"]
+__all__ = ["biggio2012", "munoz2017", "label_flip", "koh2022", "jagielski2018", "solans2020", "subpopulation",
+           "koh2017", "shafahi2018", "zhu2019", "aghakhani2021", "geiping2021"]
 
 
 def __getattr__(name):
