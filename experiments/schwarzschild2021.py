@@ -291,17 +291,29 @@ def _plot_poisons(x_ft, x_te, trial, poisons, path, k=5):
 
 
 def _plot_success(rows, path):
+    """Success per setting: one panel per (setting, box), a bar per attack with its 95 % interval, the
+    paper's number as a star."""
     plt = _cli.pyplot()
-    fig, ax = plt.subplots(figsize=(8, 3.5))
-    labels = [f"{r['attack']}\n{r['setting']}/{r['box']}" for r in rows]
-    rates = [100 * r["success_rate"] for r in rows]
-    err = np.array([[100 * (r["success_rate"] - r["ci95"][0]), 100 * (r["ci95"][1] - r["success_rate"])] for r in rows]).T
-    xs = np.arange(len(rows))
-    ax.bar(xs, rates, yerr=err, capsize=3, label="ours (95 % CI)")
-    paper = [r["paper"] if r["paper"] is not None else np.nan for r in rows]
-    ax.plot(xs, paper, "k*", markersize=9, label="paper")
-    ax.set_xticks(xs), ax.set_xticklabels(labels, fontsize=6)
-    ax.set_ylabel("success rate (%)"), ax.legend(fontsize=8)
+    panels = list(dict.fromkeys((r["setting"], r["box"]) for r in rows))
+    attacks = list(dict.fromkeys(r["attack_key"] for r in rows))
+    fig, axes = plt.subplots(1, len(panels), figsize=(2.2 * len(panels) + 1, 3.2), sharey=True, squeeze=False)
+    for ax, (setting, box) in zip(axes[0], panels):
+        sub = {r["attack_key"]: r for r in rows if (r["setting"], r["box"]) == (setting, box)}
+        xs = np.arange(len(attacks))
+        for x, a in zip(xs, attacks):
+            r = sub.get(a)
+            if r is None:
+                continue
+            rate = 100 * r["success_rate"]
+            err = [[rate - 100 * r["ci95"][0]], [100 * r["ci95"][1] - rate]]
+            ax.bar(x, rate, yerr=err, capsize=3, color="0.6" if a == "none" else "C0")
+            if r["paper"] is not None:
+                ax.plot(x, r["paper"], "k*", markersize=9)
+        ax.set_xticks(xs), ax.set_xticklabels(attacks)
+        ax.set_title(f"{setting} / {box}", fontsize=9)
+        ax.set_ylim(0, 100)
+    axes[0, 0].set_ylabel("success rate (%); * paper")
+    fig.tight_layout()
     return _cli.save_figure(fig, path)
 
 
