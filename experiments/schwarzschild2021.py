@@ -322,7 +322,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from poisoning.trials import map_trials
-    from poisoning.training import extract_features, predict
+    from poisoning.training import extract_features
+    from poisoning.transfer import frozen_head_predictions
     from poisoning.training.state import variables
 
     args = build_parser().parse_args(argv)
@@ -388,8 +389,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             F_ft = np.asarray(extract_features(net.model, net.state, x_ft))
             F_te = np.asarray(extract_features(net.model, net.state, x_te))
             feats[(box, i)] = (V, F_ft, F_te)
-            from poisoning.transfer import frozen_head_predictions
-
             pred = np.asarray(frozen_head_predictions(jnp.asarray(F_ft), jnp.asarray(y_ft), jnp.asarray(F_te), 5,
                                                       reg=proto.head_reg))
             clean_acc[(box, i)] = float(np.mean(pred == y_te))

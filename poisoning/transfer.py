@@ -136,26 +136,26 @@ class FeatureSpaceAttack:
         return [(F[:-1], F[-1]) for F in feature_members(features(both))]
 
     def objective(self, features, x, target, response=None):
-        """The attack loss at poisons ``x`` (summed over the members of ``features``)."""
-        total = 0.0
-        for i, (Fp, ft) in enumerate(self._members(features, x, target)):
-            r = () if response is None else response[i]
-            total = total + self.loss(Fp, ft, r)
-        return total
+        """The attack loss at poisons ``x`` (summed over the members of ``features``); ``response``: the
+        inner problem's solution per member (``Crafted.response``)."""
+        members = self._members(features, x, target)
+        responses = [()] * len(members) if response is None else response
+        return sum(self.loss(Fp, ft, r) for (Fp, ft), r in zip(members, responses))
 
     def _solver(self, features):
         attack = self
 
+        # The follower's response per member is (F_poison, f_target, inner solution): the features are
+        # computed once per step, by the response, and the leader objective reads them from it (the
+        # hypergradient flows through the response). The warm start is the previous response.
         def respond(x, warm, bases, target):
-            if attack.respond is None:
-                return ()
-            return tuple(attack.respond(Fp, ft, w) for (Fp, ft), w in zip(attack._members(features, x, target), warm))
+            out = []
+            for (Fp, ft), w in zip(attack._members(features, x, target), warm):
+                out.append((Fp, ft, () if attack.respond is None else attack.respond(Fp, ft, w[2])))
+            return tuple(out)
 
         def leader_objective(x, response, bases, target):
-            total = 0.0
-            for i, (Fp, ft) in enumerate(attack._members(features, x, target)):
-                total = total + attack.loss(Fp, ft, response[i] if attack.respond is not None else ())
-            return total
+            return sum(attack.loss(Fp, ft, r) for Fp, ft, r in response)
 
         config = StackelbergConfig(
             leader_optimizer=self.step, projection=lambda x, bases, target: self.project(x, bases),
@@ -181,16 +181,15 @@ class FeatureSpaceAttack:
         start = bases if start is None else jnp.asarray(start, bases.dtype)
         if start.shape != bases.shape:
             raise ValueError(f"argument 'start' must be shaped like 'bases' {bases.shape}, got {start.shape}")
-        if self.respond is None:
-            warm = ()
-        else:
-            n_members = len(jax.eval_shape(lambda x: feature_members(features(x)), bases[:1]))
-            warm = tuple(self.respond_init(k, bases.dtype) for _ in range(n_members))
+        shapes = jax.eval_shape(lambda x: self._members(features, x, target), bases)
+        warm = tuple((jnp.zeros(Fp.shape, Fp.dtype), jnp.zeros(ft.shape, ft.dtype),
+                      () if self.respond is None else self.respond_init(k, bases.dtype)) for Fp, ft in shapes)
         solver = self._solver(features)
         res = solver.run(start, warm, bases, target)
         loss_start = res.history.objective[0]  # the first iterate: the projected start
+        response = () if self.respond is None else tuple(r for _, _, r in res.follower)
         hist = jnp.where(res.history.active, res.history.objective, jnp.nan)
-        return Crafted(poisons=res.leader, loss=res.objective, loss_start=loss_start, response=res.follower,
+        return Crafted(poisons=res.leader, loss=res.objective, loss_start=loss_start, response=response,
                        history=hist, n_steps=res.n_iterates - 1)
 
 

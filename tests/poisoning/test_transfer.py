@@ -101,7 +101,8 @@ def test_attack_gradients_match_central_differences_in_float64():
     np.testing.assert_allclose(float(jnp.sum(g * direction)), float(_fd(cp_value, bases, direction)), rtol=1e-5)
     # the driver's hypergradient is that gradient
     solver = cp._solver(conv_features)
-    _, _, hg = solver._value_and_hypergrad(bases, (jnp.full(3, 1 / 3),), (bases, target))
+    warm = ((None, None, jnp.full(3, 1 / 3)),)  # (poison features, target feature, coefficients) per member
+    _, _, hg = solver._value_and_hypergrad(bases, warm, (bases, target))
     np.testing.assert_allclose(np.asarray(hg), np.asarray(g), atol=1e-8)
     for loss in (shafahi2018.collision_loss, aghakhani2021.bullseye_loss):
         a = FeatureSpaceAttack(loss=loss)
