@@ -43,6 +43,7 @@ __all__ = [
     "read_json",
     "pyplot",
     "save_figure",
+    "save_poisons_beside_bases",
     "progress",
     "Checkpoint",
     "Timing",
@@ -129,6 +130,28 @@ def save_poison_grid(X_start, X_poison, path, max_points: int = 10):
             axes[r, j].set_xticks([]), axes[r, j].set_yticks([])
             if j == 0:
                 axes[r, j].set_ylabel(title)
+    return save_figure(fig, path)
+
+
+def save_poisons_beside_bases(target, bases, poisons, path, *, target_title: str = "target", k: int = 5):
+    """Save the target image (top left) beside ``k`` base images (top row), their poisons (middle row)
+    and the differences, stretched to the full gray range (bottom row); HWC images in [0, 1]."""
+    import numpy as np
+
+    plt = pyplot()
+    k = min(k, len(poisons))
+    fig, axes = plt.subplots(3, k + 1, figsize=(1.6 * (k + 1), 5))
+    for ax in axes.ravel():
+        ax.axis("off")
+    axes[0, 0].imshow(np.clip(target, 0, 1))
+    axes[0, 0].set_title(target_title, fontsize=8)
+    for j in range(k):
+        b, q = np.asarray(bases[j]), np.asarray(poisons[j])
+        axes[0, j + 1].imshow(np.clip(b, 0, 1)), axes[0, j + 1].set_title("base", fontsize=8)
+        axes[1, j + 1].imshow(np.clip(q, 0, 1)), axes[1, j + 1].set_title("poison", fontsize=8)
+        d = q - b
+        axes[2, j + 1].imshow(np.clip(0.5 + d / (2 * max(np.abs(d).max(), 1e-8)), 0, 1))
+        axes[2, j + 1].set_title("difference", fontsize=8)
     return save_figure(fig, path)
 
 

@@ -273,21 +273,8 @@ def _split(value, allowed, flag):
 
 
 def _plot_poisons(x_ft, x_te, trial, poisons, path, k=5):
-    plt = _cli.pyplot()
-    k = min(k, poisons.shape[0])
-    fig, axes = plt.subplots(3, k + 1, figsize=(1.6 * (k + 1), 5))
-    for ax in axes.ravel():
-        ax.axis("off")
-    axes[0, 0].imshow(np.clip(x_te[trial["target"]], 0, 1))
-    axes[0, 0].set_title("target", fontsize=8)
-    for j in range(k):
-        b = x_ft[trial["poison_idx"][j]]
-        axes[0, j + 1].imshow(np.clip(b, 0, 1)), axes[0, j + 1].set_title("base", fontsize=8)
-        axes[1, j + 1].imshow(np.clip(poisons[j], 0, 1)), axes[1, j + 1].set_title("poison", fontsize=8)
-        d = poisons[j] - b
-        axes[2, j + 1].imshow(np.clip(0.5 + d / (2 * max(np.abs(d).max(), 1e-8)), 0, 1))
-        axes[2, j + 1].set_title("difference", fontsize=8)
-    return _cli.save_figure(fig, path)
+    return _cli.save_poisons_beside_bases(x_te[trial["target"]], x_ft[np.asarray(trial["poison_idx"])[:k]], poisons, path,
+                                          target_title="target", k=k)
 
 
 def _plot_success(rows, path):

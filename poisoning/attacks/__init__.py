@@ -16,7 +16,15 @@ of the one driver (:func:`poisoning.attack.run`).
 - :mod:`~poisoning.attacks.zhu2019` — Convex Polytope (the coefficients an inner problem on the simplex);
 - :mod:`~poisoning.attacks.aghakhani2021` — Bullseye Polytope (equal coefficients, multi-draw);
 - :mod:`~poisoning.attacks.geiping2021` — Witches' Brew gradient matching (poisons for networks
-  trained from scratch; signed Adam, restarts, differentiable augmentation, ensembles).
+  trained from scratch; signed Adam, restarts, differentiable augmentation, ensembles);
+- :mod:`~poisoning.attacks.souri2022` — Sleeper Agent (gradient matching toward a hidden trigger, model
+  selection, retraining between crafting rounds);
+- :mod:`~poisoning.attacks.gu2017` — BadNets: a trigger (:mod:`poisoning.triggers`) stamped on a fraction
+  of the training images, relabelled single-target or all-to-all;
+- :mod:`~poisoning.attacks.huang2020` — MetaPoison (Adam through unrolled training steps of an ensemble
+  at staggered epochs);
+- :mod:`~poisoning.attacks.cina2022` — sponge poisoning (a training step that raises the activation
+  density: energy and latency on sparsity-aware hardware).
 
 The last three are feature-space attacks on transfer learning (:mod:`poisoning.transfer`): a loss on
 the poisons' features, an optional inner problem, an l_inf ball around the bases, the core's leader loop.
@@ -28,7 +36,8 @@ not import them all.
 import importlib
 
 __all__ = ["biggio2012", "munoz2017", "label_flip", "koh2022", "jagielski2018", "solans2020", "subpopulation",
-           "koh2017", "shafahi2018", "zhu2019", "aghakhani2021", "geiping2021"]
+           "koh2017", "shafahi2018", "zhu2019", "aghakhani2021", "geiping2021", "souri2022", "huang2020", "cina2022",
+           "gu2017"]
 
 
 def __getattr__(name):

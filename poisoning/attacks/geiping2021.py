@@ -23,7 +23,8 @@ per step, which the core's leader loop has no place for), and the whole attack i
 
 Defaults follow the paper's code: :math:`\varepsilon = 16/255`, a budget of 1 % of the training set
 (the caller picks the poison indices, all of the adversarial class in the paper's single-class
-threat model), 250 steps, 8 restarts, learning rate 0.1 (``tau`` in their code).
+threat model), 250 steps, 8 restarts, step size 0.025 in pixel units (``tau = 0.1`` of their code,
+taken in the space of normalized inputs).
 
 Reference: J. Geiping, L. Fowl, W. R. Huang, W. Czaja, G. Taylor, M. Moeller, T. Goldstein,
 "Witches' Brew: industrial scale data poisoning via gradient matching", ICLR 2021.
@@ -49,7 +50,10 @@ class BrewConfig:
     Attributes:
       eps: the l_inf radius (pixels in [0, 1]).
       steps: signed-Adam steps per restart; restarts: independent random starts (the best is kept).
-      lr: Adam's step size; divided by 10 at 3/8, 5/8 and 5/6 of the steps (the paper code's schedule).
+      lr: Adam's step size in pixel units (a signed Adam step moves each pixel by about ``lr``); divided
+        by 10 at 3/8, 5/8 and 5/6 of the steps (the paper code's schedule). The paper's code takes
+        ``tau = 0.1`` in the normalized input space (pixels / std, std about 0.25 on CIFAR-10), which is
+        0.025 in pixel units, the default.
       augment: a :class:`~poisoning.training.Augment` (or any ``augment(key, x)``) applied to the poisons
         inside the objective, or ``None``.
       lo, hi: the pixel range.
@@ -58,7 +62,7 @@ class BrewConfig:
     eps: float = 16 / 255
     steps: int = 250
     restarts: int = 8
-    lr: float = 0.1
+    lr: float = 0.025
     augment: Any = None
     lo: float = 0.0
     hi: float = 1.0
@@ -131,10 +135,12 @@ def _schedule(cfg: BrewConfig):
         cfg.lr, {int(3 * s / 8): 0.1, int(5 * s / 8): 0.1, int(5 * s / 6): 0.1})
 
 
-def craft(apply_fn: Callable, variables, bases, labels, x_target, y_adv, key, config: BrewConfig = BrewConfig()) -> Brewed:
+def craft(apply_fn: Callable, variables, bases, labels, x_target, y_adv, key, config: BrewConfig = BrewConfig(),
+          *, init=None) -> Brewed:
     """Brew poisons from ``bases`` (their true ``labels``) so that training on them pushes ``x_target``
     (a batch of targets) toward ``y_adv``. ``variables``/``apply_fn`` may be tuples (an ensemble of
-    crafting models). ``key`` draws the random starts and the augmentations. Pure (``jit``/``vmap``)."""
+    crafting models). ``key`` draws the random starts and the augmentations; ``init`` (poisons, e.g. a
+    previous run's) replaces the random starts. Pure (``jit``/``vmap``)."""
     bases = jnp.asarray(bases)
     x_target = jnp.asarray(x_target, bases.dtype)
     labels, y_adv = jnp.asarray(labels), jnp.asarray(y_adv)
@@ -159,7 +165,10 @@ def craft(apply_fn: Callable, variables, bases, labels, x_target, y_adv, key, co
                                       key=k, target_grad=target_grads)
 
     def one_restart(rkey):
-        delta0 = project(jax.random.uniform(rkey, bases.shape, bases.dtype, -1.0, 1.0) * eps)
+        if init is None:
+            delta0 = project(jax.random.uniform(rkey, bases.shape, bases.dtype, -1.0, 1.0) * eps)
+        else:
+            delta0 = project(jnp.asarray(init, bases.dtype) - bases)
 
         def step(carry, t):
             delta, opt_state = carry

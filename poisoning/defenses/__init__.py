@@ -4,7 +4,14 @@
 - :mod:`~poisoning.defenses.regions`: the region of points they keep, as a feasible set of the attack
   driver (:class:`~poisoning.defenses.regions.SanitizerRegion`);
 - :mod:`~poisoning.defenses.evaluate`: a poison against each defense (sanitize, retrain the victim, test
-  error), written against the victim record.
+  error), written against the victim record;
+- backdoor detection on a network's features: :mod:`~poisoning.defenses.spectral_signatures`,
+  :mod:`~poisoning.defenses.activation_clustering`, :mod:`~poisoning.defenses.cluster_impurity`, scored by
+  :mod:`~poisoning.defenses.detection`;
+- defenses that act during training, each a ``step`` of :func:`poisoning.training.train`:
+  :mod:`~poisoning.defenses.dp_sgd`, :mod:`~poisoning.defenses.adversarial_poisoning`,
+  :mod:`~poisoning.defenses.gaussian_augmentation`;
+- :mod:`~poisoning.defenses.trim`: TRIM, iterative trimmed-loss training (Jagielski et al. 2018).
 """
 
 from poisoning.defenses import evaluate, regions, sanitizers
@@ -28,3 +35,22 @@ from poisoning.defenses.regions import (
 from poisoning.defenses.sanitizers import *  # noqa: F401,F403  (the public names, listed once in sanitizers.__all__)
 
 __all__ = list(sanitizers.__all__) + list(regions.__all__) + list(evaluate.__all__)
+
+# backdoor detection (issue 12): each defense is a module named after it, holding the function of the same
+# name (poisoning.defenses.cluster_impurity.cluster_impurity); the package exports the modules, not the
+# functions, so the module names are not shadowed.
+from poisoning.defenses import activation_clustering, cluster_impurity, detection, spectral_signatures  # noqa: E402
+from poisoning.defenses.detection import Detection, DetectionRates, detection_rates  # noqa: E402
+
+__all__ += ["activation_clustering", "cluster_impurity", "spectral_signatures", "detection", "Detection",
+            "DetectionRates", "detection_rates"]
+
+# defenses that act during training (issue 11): each is a training step for poisoning.training.train(step=...)
+from poisoning.defenses import adversarial_poisoning, dp_sgd, gaussian_augmentation, trim  # noqa: E402
+from poisoning.defenses.adversarial_poisoning import AdversarialPoisoning  # noqa: E402
+from poisoning.defenses.dp_sgd import DPSGD, dp_epsilon, rdp_sampled_gaussian  # noqa: E402
+from poisoning.defenses.gaussian_augmentation import GaussianAugmentation  # noqa: E402
+from poisoning.defenses.trim import TrimResult, removal_rates  # noqa: E402  (TRIM, issue 13: the module `trim`)
+
+__all__ += ["adversarial_poisoning", "dp_sgd", "gaussian_augmentation", "trim", "AdversarialPoisoning", "DPSGD",
+            "dp_epsilon", "rdp_sampled_gaussian", "GaussianAugmentation", "TrimResult", "removal_rates"]

@@ -217,7 +217,7 @@ def make_step_fn(model: nn.Module, config: TrainConfig, n: int, key=None):
 # ----------------------------------------------------------------------------------------------------
 # epochs
 # ----------------------------------------------------------------------------------------------------
-def _run_epochs_impl(model, state, data, key, config, num_epochs):
+def _run_epochs_impl(model, state, data, key, config, num_epochs, step=None):
     n = data[0].shape[0]
     batch_size = config.batch_size
     steps_per_epoch = n // batch_size
@@ -230,7 +230,7 @@ def _run_epochs_impl(model, state, data, key, config, num_epochs):
 
         def step_body(state, idx):
             k = jax.random.fold_in(aug_key, state.step)
-            return train_step(model, state, _take(data, idx), k, config)
+            return (train_step if step is None else step)(model, state, _take(data, idx), k, config)
 
         state, metrics = jax.lax.scan(step_body, state, batches)
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
@@ -238,7 +238,7 @@ def _run_epochs_impl(model, state, data, key, config, num_epochs):
     return jax.lax.scan(epoch_body, state, None, length=num_epochs)
 
 
-_run_epochs = jax.jit(_run_epochs_impl, static_argnames=("model", "config", "num_epochs"))
+_run_epochs = jax.jit(_run_epochs_impl, static_argnames=("model", "config", "num_epochs", "step"))
 
 
 def _prepare(model, state, data, config):
@@ -258,19 +258,32 @@ def _prepare(model, state, data, config):
     return tuple(jnp.asarray(a) for a in data)
 
 
-def train_epochs(model: nn.Module, state: TrainState, data, config: TrainConfig, num_epochs: int, *, key=None):
+def train_epochs(model: nn.Module, state: TrainState, data, config: TrainConfig, num_epochs: int, *, key=None,
+                 step=None):
     """Run ``num_epochs`` epochs from ``state`` (epoch index ``state.step // steps_per_epoch``).
+
+    ``step``: the update of one batch, ``step(model, state, batch, key, config) -> (state, metrics)``
+    (default :func:`train_step`); a training-time defense (DP-SGD, adversarial poisoning, ...) is such a
+    step, a hashable object (e.g. a frozen dataclass with ``__call__``) since it is static under ``jit``.
 
     Returns ``(state, metrics)`` with per-epoch means ``metrics = {"loss": (num_epochs,),
     "accuracy": (num_epochs,)}`` of the training batches.
     """
     if not isinstance(num_epochs, int) or isinstance(num_epochs, bool) or num_epochs < 1:
         raise ValueError(f"argument 'num_epochs' must be an int >= 1, got {num_epochs!r}")
+    if step is not None:
+        if not callable(step):
+            raise TypeError(f"argument 'step' must be callable (model, state, batch, key, config), got {step!r}")
+        try:
+            hash(step)
+        except TypeError:
+            raise TypeError(f"argument 'step' must be hashable (it is static under jit; use a frozen dataclass), "
+                            f"got {type(step).__name__}") from None
     data = _prepare(model, state, data, config)
-    return _run_epochs(model, state, data, _default_key(config, key), config, num_epochs)
+    return _run_epochs(model, state, data, _default_key(config, key), config, num_epochs, step)
 
 
-def train(model: nn.Module, state: TrainState, data, config: TrainConfig, *, key=None) -> TrainState:
+def train(model: nn.Module, state: TrainState, data, config: TrainConfig, *, key=None, step=None) -> TrainState:
     """Train for ``config.epochs`` epochs from ``state`` on ``data = (x, y[, w])``; returns the new state.
 
     ``key`` (default ``jax.random.key(config.seed)``) fixes the data order and the augmentations: the
@@ -281,7 +294,7 @@ def train(model: nn.Module, state: TrainState, data, config: TrainConfig, *, key
         states = jax.vmap(lambda k: train(model, init_state(model, cfg, x, k, steps_per_epoch=s),
                                           (x, y), cfg, key=k))(keys)
     """
-    return train_epochs(model, state, data, config, config.epochs, key=key)[0]
+    return train_epochs(model, state, data, config, config.epochs, key=key, step=step)[0]
 
 
 # ----------------------------------------------------------------------------------------------------

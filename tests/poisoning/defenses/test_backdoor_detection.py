@@ -1,0 +1,126 @@
+"""SS, AC and CI on synthetic features: a planted, well-separated poison cluster is found (TPR ~ 1, low
+FPR), a clean set is mostly left alone, and CI's impurity and blur match hand computations."""
+
+import numpy as np
+import pytest
+
+from poisoning.defenses.activation_clustering import activation_clustering
+from poisoning.defenses.cluster_impurity import (
+    average_filter,
+    cluster_impurity,
+    fit_gmm_bic,
+    impurity,
+    median_filter,
+)
+from poisoning.defenses.detection import detection_rates
+from poisoning.defenses.spectral_signatures import spectral_scores, spectral_signatures
+
+N_PER_CLASS, DIM, N_POISON = 150, 12, 15
+
+
+def _features(poison: bool, seed=0):
+    """3 Gaussian classes; with ``poison``, 15 samples of class 0 replaced by a far-away tight cluster."""
+    rng = np.random.default_rng(seed)
+    y = np.repeat(np.arange(3), N_PER_CLASS)
+    F = rng.normal(size=(len(y), DIM)) + 6.0 * np.eye(3, DIM)[y]
+    is_poison = np.zeros(len(y), bool)
+    if poison:
+        idx = rng.choice(N_PER_CLASS, N_POISON, replace=False)          # rows of class 0
+        is_poison[idx] = True
+        F[idx] = rng.normal(size=(N_POISON, DIM)) * 0.5 + 8.0 * np.eye(DIM)[5]
+    return F, y, is_poison
+
+
+def _images_and_predictor(y, is_poison):
+    """8x8 images whose top half encodes the true class as a constant grey level (a blur keeps it; the
+    poisons, labelled 0, are images of class 1) and whose poisons carry one bright pixel at (6, 6) (a 2x2
+    blur dims it to <= 0.25); the 'network' says class 0 when that pixel exceeds 0.9, else reads the
+    grey level."""
+    true_class = np.where(is_poison, 1, y)
+    x = np.zeros((len(y), 8, 8, 1))
+    x[:, :4] = (0.2 + 0.2 * true_class)[:, None, None, None]
+    x[is_poison, 6, 6] = 1.0
+
+    def predict(im):
+        im = np.asarray(im)
+        level = np.rint((im[:, 1, 1, 0] - 0.2) / 0.2).astype(int)
+        return np.where(im[:, 6, 6, 0] > 0.9, 0, level)
+
+    return x, predict
+
+
+def test_detection_rates_counts():
+    r = detection_rates(np.array([1, 1, 0, 0, 1], bool), np.array([1, 0, 0, 1, 1], bool))
+    assert (r.tpr, r.fpr, r.true_positives, r.false_positives) == (2 / 3, 0.5, 2, 1)
+    assert detection_rates(np.array([True, False]), np.zeros(2, bool)).tpr is None
+    with pytest.raises(TypeError, match="flagged"):
+        detection_rates(np.array([1, 0]), np.array([True, False]))
+
+
+def test_spectral_signatures_ranks_the_planted_cluster_first():
+    F, y, p = _features(poison=True)
+    det = spectral_signatures(F, y, eps=N_POISON / N_PER_CLASS)
+    r = detection_rates(det.flagged, p)
+    assert r.tpr == 1.0
+    # it removes round(1.5 eps n_c) = 23 per class by construction: FPR = (3 * 23 - 15) / 435
+    assert [c["removed"] for c in det.per_class.values()] == [23] * 3
+    assert det.flagged.sum() == 69 and r.fpr == pytest.approx((69 - 15) / 435)
+    s = spectral_scores(F[y == 0])
+    assert np.all(np.sort(s)[-N_POISON:] == np.sort(s[p[y == 0]]))
+    with pytest.raises(ValueError, match="eps"):
+        spectral_signatures(F, y, eps=0.0)
+
+
+def test_activation_clustering_finds_the_cluster_and_spares_a_clean_set():
+    F, y, p = _features(poison=True)
+    for criterion in ("relative_size", "both"):
+        r = detection_rates(activation_clustering(F, y, n_components=3, criterion=criterion).flagged, p)
+        assert r.tpr == 1.0 and r.fpr <= 0.01, criterion
+    # the silhouette alone is high for any 2-means split of a low-dimensional Gaussian; the poisoned
+    # class has the highest one
+    sil = {c: d["silhouette"] for c, d in activation_clustering(F, y, n_components=3).per_class.items()}
+    assert max(sil, key=sil.get) == 0
+    Fc, yc, pc = _features(poison=False, seed=1)
+    r = detection_rates(activation_clustering(Fc, yc, n_components=3).flagged, pc)
+    assert r.fpr <= 0.05
+    with pytest.raises(ValueError, match="criterion"):
+        activation_clustering(F, y, criterion="size")
+    with pytest.raises(ValueError, match="features"):
+        activation_clustering(F[:, 0], y)
+
+
+def test_cluster_impurity_flags_only_the_impure_cluster():
+    F, y, p = _features(poison=True)
+    x, predict = _images_and_predictor(y, p)
+    det = cluster_impurity(F, y, x, predict, n_dims=None, max_components=4)
+    r = detection_rates(det.flagged, p)
+    assert r.tpr == 1.0 and r.fpr == 0.0
+    assert det.per_class[0]["n_components"] >= 2
+    bad = [c for c in det.per_class[0]["clusters"] if c["flagged"]]
+    assert len(bad) == 1 and bad[0]["impurity"] == np.inf     # every blurred poison changes its decision
+    Fc, yc, pc = _features(poison=False, seed=1)
+    xc, predict_c = _images_and_predictor(yc, pc)
+    r = detection_rates(cluster_impurity(Fc, yc, xc, predict_c).flagged, pc)
+    assert r.fpr == 0.0
+    with pytest.raises(ValueError, match="images"):
+        cluster_impurity(F, y, x[:-1], predict)
+
+
+def test_impurity_and_filters_by_hand():
+    assert impurity([True, True, False, False]) == pytest.approx(np.log(2))
+    assert impurity([True, True, True, False]) == pytest.approx(-np.log(0.75))
+    assert impurity([True]) == 0.0 and impurity([False, False]) == np.inf
+    x = np.arange(9.0).reshape(1, 3, 3)
+    # 2x2 window reaching down / right, edge replicated: out[i, j] = mean(x[i:i+2, j:j+2])
+    want = np.array([[2.0, 3.0, 3.5], [5.0, 6.0, 6.5], [6.5, 7.5, 8.0]])
+    np.testing.assert_allclose(average_filter(x, 2)[0], want)
+    np.testing.assert_allclose(median_filter(x[..., None], 3)[0, 1, 1, 0], 4.0)
+
+
+def test_bic_grows_components_until_it_stops_improving():
+    rng = np.random.default_rng(0)
+    one = rng.normal(size=(300, 2))
+    two = np.concatenate([one, rng.normal(size=(300, 2)) + 12.0])
+    assert fit_gmm_bic(one, max_components=4)[0].n_components == 1
+    gmm, bics = fit_gmm_bic(two, max_components=4)
+    assert gmm.n_components == 2 and bics[1] < bics[0] and bics[2] >= bics[1]
