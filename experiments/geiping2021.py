@@ -173,11 +173,13 @@ def _train_config(proto: Protocol, victim: Victim | None = None):
     return cfg.replace(**dict(victim.config)) if victim else cfg
 
 
+@functools.lru_cache(maxsize=32)
 def trainer(proto: Protocol, n: int, victim: Victim | None = None, fallback: bool = False, vmap: int | None = None):
     """``fit(x, y, seeds) -> states``: victims trained from scratch, one per seed (a seed sets the
     initialization, the data order and the augmentation), ``vmap`` of them at a time (``lax.map`` with
     ``batch_size``; default: all at once on accelerators, one at a time on CPU, where XLA runs a
-    vmapped convolution as a grouped one, several times slower than a loop)."""
+    vmapped convolution as a grouped one, several times slower than a loop). Cached: the same protocol
+    and victim give the same compiled function."""
     import jax
     from poisoning.training import init_state, train
 

@@ -485,7 +485,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     plot_triggers(x, out / "triggers.png")
     plot_heatmap(rows, out / "heatmap.png")
     print(_cli.format_table(
-        [[r["attack"], r["mode"] or "-", f"{r['source']}->{r['target']}" if r["mode"] == "single" else "-",
+        [[r["attack"], r["mode"] or "-", f"{'all' if r['source'] is None else r['source']}->{r['target']}" if r["mode"] == "single" else "-",
           r["defense"], r["clean_accuracy"], "-" if r["attack_success"] is None else r["attack_success"],
           "-" if r["tpr"] is None else r["tpr"], "-" if r["fpr"] is None else r["fpr"]] for r in rows],
         ["attack", "mode", "pair", "defense", "clean_acc", "attack_success", "tpr", "fpr"]))
