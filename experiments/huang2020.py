@@ -11,7 +11,6 @@ Fig. 4; ResNet-20, eps 8/255 plus ReColorAdv; K = 2, M = 24, 60 steps). We use t
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Sequence
 
 from experiments import geiping2021 as g21
