@@ -333,13 +333,15 @@ def _plot_success(rows, path):
 
 
 def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = True, reuse=None,
-        attack: str = "brew", crafter: Callable | None = None, crafter_tag: tuple = ()) -> dict[str, Any]:
+        attack: str = "brew", crafter: Callable | None = None, crafter_tag: tuple = (),
+        paper: dict | None = None) -> dict[str, Any]:
     """Craft once per (eps, budget, target) and retrain every victim of ``victims`` on the poisoned set
     (and, with ``controls``, the undefended victim on noise of the same eps). Checkpointed per entry;
     ``reuse``: other runs' folders (comma-separated) whose entries (crafting model, poisons, victims) are
     taken where the protocol matches. ``crafter(ctx, eps) -> craft(idx, target, adv, key) -> (poisons,
     loss)`` replaces Witches' Brew by another attack named ``attack`` (``ctx``: the data, the model, the
-    trainer, the protocol, the checkpoint cache); ``crafter_tag`` fingerprints its settings."""
+    trainer, the protocol, the checkpoint cache); ``crafter_tag`` fingerprints its settings; ``paper``
+    maps eps (in /255) to the attack's published success (default: Witches' Brew's)."""
     import jax
     import jax.numpy as jnp
 
@@ -463,7 +465,8 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
                 "targets_hit": int(np.sum(succ.any(axis=1))), "per_target": succ.astype(int).tolist(),
                 "clean_accuracy": float(np.mean([np.mean(o["accuracy"]) for o in outs])),
                 "seconds": float(sum(float(np.sum(o["seconds"])) for o in outs)),
-                "paper": PAPER.get(int(round(eps * 255))) if kind == "brew" and vname == "none" and budget == 0.01 else None,
+                "paper": (PAPER if paper is None else paper).get(int(round(eps * 255)))
+                if kind == attack and vname == "none" and budget == 0.01 else None,
                 "defense_info": dict(vic.info),
             })
     bar.close()

@@ -489,6 +489,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           r["defense"], r["clean_accuracy"], "-" if r["attack_success"] is None else r["attack_success"],
           "-" if r["tpr"] is None else r["tpr"], "-" if r["fpr"] is None else r["fpr"]] for r in rows],
         ["attack", "mode", "pair", "defense", "clean_acc", "attack_success", "tpr", "fpr"]))
+    print(f"paper ({PAPER['source']}): clean error within {PAPER['clean_error_gap_pp']} pp of the clean model, "
+          f"attack success > {100 * PAPER['attack_success_min']:.0f} %")
     print(f"targets: {targets}\nwrote {out / 'results.json'}")
     return results
 

@@ -78,12 +78,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1")
     res = g21.run(args, [g21.Victim("none")], experiment="huang2020", attack="metapoison",
                   crafter=crafter(args.members, args.unroll, args.meta_steps, args.meta_lr),
-                  crafter_tag=("metapoison", args.members, args.unroll, args.meta_steps, args.meta_lr))
-    for r in res["rows"]:
-        r["paper"] = PAPER if r["attack"] == "metapoison" else None
-    from experiments import _cli
-
-    _cli.write_json_atomic(_cli.ensure_dir(args.out) / "results.json", res)
+                  crafter_tag=("metapoison", args.members, args.unroll, args.meta_steps, args.meta_lr),
+                  paper={8: PAPER, 16: PAPER})
     return res
 
 

@@ -208,6 +208,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
           "-" if r["fpr"] is None else r["fpr"],
           r.get("retrained_attack_success", "-")] for r in rows],
         ["sources", "delta", "defense", "clean_acc", "attack_success", "tpr", "fpr", "retrained_asr"]))
+    print(f"paper ({PAPER['source']}): " + "; ".join(
+        f"{d.upper()} TPR {PAPER[d]['tpr'][0]}-{PAPER[d]['tpr'][1]}, FPR {PAPER[d]['fpr'][0]}-{PAPER[d]['fpr'][1]}"
+        for d in ("ci", "ac", "ss")))
     print(f"ordering CI > AC > SS: {ordering}\nwrote {out / 'results.json'}")
     return results
 
