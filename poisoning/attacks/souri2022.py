@@ -40,6 +40,10 @@ from poisoning.attacks import geiping2021 as wb
 __all__ = ["select_model", "craft"]
 
 
+# one compilation for every round after the first (the first starts at random, the others from poisons)
+_craft = jax.jit(wb.craft, static_argnums=(0, 7))
+
+
 def select_model(apply_fn: Callable, candidates: Sequence, sources, trigger, target_class: int) -> int:
     r"""The index of the candidate whose adversarial gradient
     :math:`\|\nabla_\theta \sum_s \ell(f_\theta(T(s)), y_t)\|` is the largest (the paper's selection)."""
@@ -68,8 +72,8 @@ def craft(apply_fn: Callable, variables, bases, sources, trigger, target_class: 
     per_round = dataclasses.replace(config, steps=config.steps // rounds)
     current, out, histories = None, None, []
     for r in range(rounds):
-        out = wb.craft(apply_fn, variables, bases, labels, patched, y_adv, jax.random.fold_in(key, r), per_round,
-                       init=current)
+        out = _craft(apply_fn, variables, bases, labels, patched, y_adv, jax.random.fold_in(key, r), per_round,
+                     init=current)
         current = out.poisons
         histories.append(out.history)
         if r + 1 < rounds:
