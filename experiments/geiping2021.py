@@ -14,7 +14,12 @@ Protocols (``--preset``):
   paper's five-layer ConvNet at width 8 with BatchNorm, 15 epochs of SGD (cosine), crops of 2 pixels
   and flips; 250 signed-Adam steps, two restarts; 10 targets x 2 victims. About 40 minutes on 2 cores
   (one victim: about 25 s on two free cores).
+- ``fashion``: Fashion-MNIST (28x28x1), 1,000 training images per class (1 % = 100 poisons), the same
+  ConvNet at width 8, 10 epochs, crops of 2 and flips; 10 targets x 1 victim. A CPU protocol whose
+  crafting model fits its data far better than the ``cpu`` one's (Witches' Brew needs a well-trained
+  crafting model: see the README's numbers).
 - ``paper``: all of CIFAR-10, ResNet-18, 40 epochs, 250 steps, 8 restarts, 100 targets (accelerators).
+- ``--dataset {cifar10,fashion_mnist,mnist}`` swaps the data set of any preset (MNIST without flips).
 - ``--quick``: scikit-learn digits upsampled to 32x32, LeNet-5, a few steps (the tests).
 
 Sweeps: ``--eps 8,16`` (in /255) and ``--budgets 0.005,0.01`` run every combination and plot success
@@ -63,12 +68,16 @@ class Protocol:
     restarts: int = 2
     brew_lr: float = 0.025
     ensemble: int = 1
+    dataset: str = "cifar10"
+    flip: bool = True
 
 
 PRESETS = {
     "cpu": Protocol(),
     "paper": Protocol(per_class=None, n_test=10000, model="resnet18", width=64, epochs=40, batch_size=128,
                       lr=0.1, crop=4, targets=100, seeds=1, steps=250, restarts=8),
+    "fashion": Protocol(dataset="fashion_mnist", per_class=1000, n_test=2000, model="convnet", width=8, epochs=10,
+                        batch_size=64, crop=2, targets=10, seeds=1),
     "quick": Protocol(per_class=30, n_test=100, model="lenet5", epochs=1, batch_size=32, targets=2, seeds=2,
                       budget=0.05, steps=3, restarts=1, crop=0),
 }
@@ -87,23 +96,38 @@ class Victim:
     info: tuple = ()
 
 
+DATASETS = {"cifar10": "CIFAR-10", "fashion_mnist": "Fashion-MNIST", "mnist": "MNIST"}
+# per-channel pixel statistics of the training sets (the models normalize their inputs)
+_STATS = {"fashion_mnist": ((0.2860,), (0.3530,)), "mnist": ((0.1307,), (0.3081,))}
+
+
 def load_data(data_dir, cache_dir, proto: Protocol, seed: int):
-    """Training and test images of CIFAR-10 (``per_class`` per class, a seeded stratified subset) and
-    whether scikit-learn's digits (upsampled to 32x32x3) stood in for missing CIFAR files."""
+    """Training and test images of ``proto.dataset`` (CIFAR-10 32x32x3, or MNIST / Fashion-MNIST 28x28x1;
+    ``per_class`` per class, a seeded stratified subset) and whether scikit-learn's digits (upsampled to
+    the data set's shape) stood in for missing files."""
     from poisoning import datasets
 
+    if proto.dataset not in DATASETS:
+        raise ValueError(f"--dataset must be one of {sorted(DATASETS)}, got {proto.dataset!r}")
     fallback = False
     try:
-        from poisoning.training import resolve_cache_dir
+        if proto.dataset == "cifar10":
+            from poisoning.training import resolve_cache_dir
 
-        ds = datasets.load_cifar10(_cli.resolve_data_dir(data_dir), cache_dir=resolve_cache_dir(cache_dir) / "data")
+            ds = datasets.load_cifar10(_cli.resolve_data_dir(data_dir), cache_dir=resolve_cache_dir(cache_dir) / "data")
+        else:
+            loader = datasets.load_mnist if proto.dataset == "mnist" else datasets.load_fashion_mnist
+            ds = loader(_cli.resolve_data_dir(data_dir), flatten=False)
         x_tr, y_tr, x_te, y_te = ds.X_train, ds.y_train.astype(np.int32), ds.X_test, ds.y_test.astype(np.int32)
+        if proto.dataset != "cifar10":
+            x_tr, x_te = np.asarray(x_tr)[..., None], np.asarray(x_te)[..., None]
     except FileNotFoundError as exc:
         from experiments.pretrain import _digits
 
-        print(f"[geiping2021] CIFAR-10 not found ({exc}): scikit-learn's digits stand in", flush=True)
+        print(f"[geiping2021] {DATASETS[proto.dataset]} not found ({exc}): scikit-learn's digits stand in", flush=True)
         fallback = True
-        x_tr, y_tr, x_te, y_te, _, _ = _digits((32, 32, 3), seed)
+        shape = (32, 32, 3) if proto.dataset == "cifar10" else (28, 28, 1)
+        x_tr, y_tr, x_te, y_te, _, _ = _digits(shape, seed)
     rng = np.random.default_rng(seed)
     if proto.per_class is not None:
         rows = []
@@ -153,11 +177,13 @@ def _model(proto: Protocol, victim: Victim | None = None, fallback: bool = False
     if proto.model == "convnet":
         knobs.update(width=proto.width, batch_norm=True)
     elif proto.model == "lenet5":
-        knobs["pad"] = 0  # 32x32 input
+        if proto.dataset == "cifar10":
+            knobs["pad"] = 0  # 32x32 input
     else:
         knobs["width"] = proto.width
     if not fallback:
-        knobs.update(mean=CIFAR10_MEAN, std=CIFAR10_STD)
+        mean, std = _STATS.get(proto.dataset, (CIFAR10_MEAN, CIFAR10_STD))
+        knobs.update(mean=mean, std=std)
     fields = set(MODELS[proto.model][0].__dataclass_fields__)
     # a victim's model changes apply where the network has that field (no BatchNorm to remove in LeNet-5)
     knobs.update({k: v for k, v in (dict(victim.model) if victim else {}).items() if k in fields})
@@ -167,7 +193,7 @@ def _model(proto: Protocol, victim: Victim | None = None, fallback: bool = False
 def _train_config(proto: Protocol, victim: Victim | None = None):
     from poisoning.training import Augment, TrainConfig
 
-    aug = Augment(crop_padding=proto.crop, flip=True)
+    aug = Augment(crop_padding=proto.crop, flip=proto.flip)
     cfg = TrainConfig(epochs=proto.epochs, batch_size=proto.batch_size, optimizer="sgd", learning_rate=proto.lr,
                       momentum=0.9, weight_decay=proto.weight_decay, schedule="cosine", augment=aug)
     return cfg.replace(**dict(victim.config)) if victim else cfg
@@ -228,7 +254,9 @@ def _rate(success) -> dict:
 
 def build_parser(description=None, default_out="runs/geiping2021"):
     p = _cli.base_parser(description or __doc__.splitlines()[0], default_out=default_out)
-    p.add_argument("--preset", default="cpu", choices=("cpu", "paper"))
+    p.add_argument("--preset", default="cpu", choices=("cpu", "fashion", "paper"))
+    p.add_argument("--dataset", default=None, choices=tuple(DATASETS),
+                   help="the data set (default: the preset's; MNIST trains without flips)")
     p.add_argument("--targets", type=int, default=None, help="targets (default: the preset's)")
     p.add_argument("--seeds", type=int, default=None, help="victims retrained per target (vmapped)")
     p.add_argument("--eps", default=None, help="comma-separated l_inf radii in /255 (default: 16)")
@@ -269,6 +297,9 @@ def protocol_from_args(args) -> Protocol:
     for name in changes:
         if changes[name] < 1:
             raise SystemExit(f"--{name.replace('_', '-')} must be >= 1, got {changes[name]}")
+    if getattr(args, "dataset", None):
+        changes["dataset"] = args.dataset
+        changes["flip"] = args.dataset != "mnist"  # a mirrored digit is another digit
     if getattr(args, "crop", None) is not None:
         if args.crop < 0:
             raise SystemExit(f"--crop must be >= 0, got {args.crop}")
@@ -379,6 +410,8 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
 
     train_fields = ("per_class", "n_test", "model", "width", "epochs", "batch_size", "lr", "weight_decay", "crop")
     base = (args.seed, bool(args.quick), fallback) + tuple(getattr(proto0, f) for f in train_fields)
+    if proto0.dataset != "cifar10" or not proto0.flip:  # (cifar10 with flips keeps the fingerprints of earlier runs)
+        base += (proto0.dataset, proto0.flip)
 
     def fp(*parts):
         return hashlib.sha1(repr(base + parts).encode()).hexdigest()[:12]
@@ -415,7 +448,7 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
         trials = make_trials(y_tr, y_te, test_pred == y_te, proto, args.seed)
         setting = f"eps={eps * 255:g}/255, budget={100 * budget:g}%"
         bcfg = wb.BrewConfig(eps=eps, steps=proto.steps, restarts=proto.restarts, lr=proto.brew_lr,
-                             augment=Augment(crop_padding=proto.crop, flip=True) if proto.crop else Augment(flip=True))
+                             augment=Augment(crop_padding=proto.crop, flip=proto.flip))
         ens = (proto.ensemble,) if proto.ensemble > 1 else ()
         if crafter is None:
             tag = (proto.steps, proto.restarts, proto.brew_lr, *ens)
@@ -481,7 +514,7 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
     results = {
         "experiment": experiment, "out": str(out), "preset": "quick" if args.quick else args.preset,
         "protocol": dataclasses.asdict(proto0), "eps": eps_list, "budgets": budgets, "fallback": fallback,
-        "dataset": "digits (fallback)" if fallback else "CIFAR-10", "n_train": n, "n_test": int(len(y_te)),
+        "dataset": "digits (fallback)" if fallback else DATASETS[proto0.dataset], "n_train": n, "n_test": int(len(y_te)),
         "crafting_model_accuracy": craft_acc, "devices": [str(d) for d in jax.devices()], "rows": rows,
         "seconds": time.perf_counter() - t_all,
         "notes": ("trials = targets x victims retrained from scratch (other seeds than the crafting model); "

@@ -47,6 +47,7 @@ Usage::
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import time
 from pathlib import Path
@@ -56,7 +57,7 @@ import numpy as np
 
 from experiments import _cli
 
-__all__ = ["PAPER", "DEFENSES", "Setting", "parse_settings", "build_parser", "main"]
+__all__ = ["PAPER", "DEFENSES", "CI_FILTERS", "Setting", "parse_settings", "build_parser", "main"]
 
 PAPER = {
     "source": "Gu et al. 2017, MNIST, BadNets CNN",
@@ -64,6 +65,8 @@ PAPER = {
     "attack_success_min": 0.99,
 }
 DEFENSES = ("ss", "ac", "ci")
+# CI's image filters: the blur whose effect on a cluster's decisions measures its impurity
+CI_FILTERS = {"avg2": ("average_filter", 2), "avg3": ("average_filter", 3), "median3": ("median_filter", 3)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,9 +122,15 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=4)
     p.add_argument("--n-train", type=int, default=None, help="use the first N training images")
     p.add_argument("--ss-eps", type=float, default=None, help="SS's bound on a class's poison fraction (default --rate)")
-    p.add_argument("--ac-criterion", default="relative_size", choices=("relative_size", "silhouette", "both"))
+    p.add_argument("--ac-criterion", default="exclusionary",
+                   choices=("relative_size", "silhouette", "both", "exclusionary"),
+                   help="AC's decision: 'exclusionary' (Chen et al.'s reclassification by a model retrained "
+                        "without the candidate clusters; one more training) or a cluster statistic")
     p.add_argument("--ci-threshold", type=float, default=0.5)
     p.add_argument("--ci-max-components", type=int, default=10, help="most mixture components per class")
+    p.add_argument("--ci-filter", choices=tuple(CI_FILTERS), default="median3",
+                   help="CI's image filter: 'avg2' (the paper's 2x2 average) leaves the 3x3 pattern trigger "
+                        "intact (a gray blob the network still reads as the trigger); a 3x3 median removes it")
     p.add_argument("--chunk", type=int, default=1, help="pairs trained at once with jax.vmap (--pairs all)")
     p.add_argument("--fresh", action="store_true", help="ignore a saved checkpoint")
     return p
@@ -259,7 +268,7 @@ def poison(setting, trigger, x, y, rate, seed):
 
 
 def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion, ci_threshold, seed,
-                 ci_max_components=10):
+                 ci_max_components=10, ci_filter="avg2"):
     """Each defense on ``state``'s penultimate features of ``(x, y)``: ``{name: (Detection, rates, secs)}``."""
     from poisoning.defenses.activation_clustering import activation_clustering
     from poisoning.defenses.cluster_impurity import cluster_impurity
@@ -273,10 +282,19 @@ def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion
         if name == "ss":
             det = spectral_signatures(feats, y, eps=ss_eps)
         elif name == "ac":
-            det = activation_clustering(feats, y, criterion=ac_criterion, seed=seed)
+            def retrain(keep):
+                re_state = trainer.fit(x, y, keep=keep)
+                return lambda im: trainer.logits(re_state, im)
+
+            det = activation_clustering(feats, y, criterion=ac_criterion, seed=seed, images=x, retrain=retrain)
         else:
+            from poisoning.defenses.cluster_impurity import average_filter, median_filter
+
+            fn, size = CI_FILTERS[ci_filter]
+            fn = {"average_filter": average_filter, "median_filter": median_filter}[fn]
             det = cluster_impurity(feats, y, x, lambda im: trainer.logits(state, im).argmax(-1),
-                                   threshold=ci_threshold, max_components=ci_max_components, seed=seed)
+                                   threshold=ci_threshold, max_components=ci_max_components, seed=seed,
+                                   image_filter=functools.partial(fn, size=size))
         out[name] = (det, detection_rates(det.flagged, is_poison), time.perf_counter() - t0)
         print(f"[gu2017]     {name} ran in {out[name][2]:.1f} s", flush=True)
     return out, feats
@@ -406,7 +424,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # the defenses on the clean model and the clean training set: their false-positive rate there
         res, _ = run_defenses(defenses, trainer, clean_state, x, y, np.zeros(len(y), bool), ss_eps=ss_eps,
                               ac_criterion=args.ac_criterion, ci_threshold=args.ci_threshold, seed=args.seed,
-                              ci_max_components=ci_max)
+                              ci_max_components=ci_max, ci_filter=args.ci_filter)
         for name, (det, rates, secs) in res.items():
             rows.append(_row("none", None, name, None, acc, None, rates, seconds=secs))
         save("clean", rows)
@@ -443,7 +461,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 res, feats = run_defenses(defenses, trainer, state, pset.images, pset.labels, pset.is_poison,
                                           ss_eps=ss_eps, ac_criterion=args.ac_criterion,
                                           ci_threshold=args.ci_threshold, seed=args.seed,
-                                          ci_max_components=ci_max)
+                                          ci_max_components=ci_max, ci_filter=args.ci_filter)
                 for name, (det, rates, secs) in res.items():
                     re_state = trainer.fit(pset.images, pset.labels, keep=~det.flagged)
                     re_acc = trainer.accuracy(re_state, xt, yt)

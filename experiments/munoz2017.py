@@ -23,6 +23,16 @@ Settings (``--setting``; explicit flags override its defaults):
   flipped labels (paper's T = 100 / 80 / 200 for back-gradient). Paper: LR and Adaline up to ~30 %
   test error at 15 % poisoning, MLP up to ~25 %.
 - ``digits`` (default; offline sklearn digits, 300 / 300 / 1000, generic).
+- ``cnn`` (§5, deep networks): MNIST digits 1, 5 and 6 (labels 0, 1, 2), 1000 / 1000 / 8000, up to 10
+  points, error-generic, against a small CNN (:func:`poisoning.attacks.munoz2017.cnn_victim`: two 5x5
+  convolutions with 8 and 16 channels, ReLU, 2x2 max-pooling, a dense layer) trained from a fixed
+  initialization by ``--T`` full-batch heavy-ball steps (``--gd-lr`` 0.05, ``--momentum`` 0.9;
+  ``--batch-size`` for mini-batch SGD). The hypergradient always reverses those steps exactly
+  (``--method backgradient``, int64 fixed point); ``hypergradient_check`` holds its cosine with reverse
+  mode through the stored steps (``Unrolled``) at the first point's start (not with ``--quick``). On CPU
+  the network computes in float32 (``--compute-dtype auto``; XLA:CPU's fast convolutions are float32
+  only), float64 elsewhere.
+  Without an MNIST folder it falls back to sklearn's 8x8 digits 1, 5, 6 (200 / 150 / rest).
 
 Baseline: the same budget of validation points with random wrong labels added to TR
 (``test_error_random_flip``). ``--splits N`` repeats on N data splits (seeds ``seed .. seed+N-1``) and
@@ -44,6 +54,7 @@ Usage::
     python -m experiments.munoz2017 --setting mnist-specific --data-dir DIR
     python -m experiments.munoz2017 --setting mnist-specific --method backgradient --data-dir ...
     python -m experiments.munoz2017 --setting spambase-adaline --splits 5 --data-dir ...
+    python -m experiments.munoz2017 --setting cnn --data-dir DIR --chunk 5      # digits 1/5/6, a CNN
 """
 
 from __future__ import annotations
@@ -73,7 +84,10 @@ SETTINGS = {
                              budgets=(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20), T=80),
     "spambase-mlp": dict(dataset="spambase", mode="generic", learner="mlp", sizes=(100, 400, None),
                          budgets=(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20), T=200),
+    "cnn": dict(dataset="mnist", mode="generic", learner="cnn", sizes=(1000, 1000, 8000),
+                budgets=tuple(range(11)), T=100, classes=(1, 5, 6)),
 }
+CNN_DIGITS_SIZES = (200, 150, None)  # the offline fallback: sklearn digits 1/5/6 have 546 images
 
 PAPER = {
     "mnist-generic": "paper (MNIST, LR, T=60): test error 'almost doubles' with < 6% poisoning (60 pts / 1000); "
@@ -83,6 +97,9 @@ PAPER = {
     "spambase-adaline": "paper (Spambase, PK, Adaline): test error up to ~30% at 15% poisoning (clean ~10%)",
     "spambase-mlp": "paper (Spambase, PK, MLP): test error up to ~25% at 15% poisoning",
     "digits": "no paper number (offline stand-in for MNIST error-generic)",
+    "cnn": "paper (MNIST digits 1/5/6, CNN trained by SGD, 1000 training points, back-gradient, error-generic, "
+           "§5): the test error increases with the number of poisons, up to 10 (1%); the figure's values are "
+           "not transcribed here",
 }
 
 
@@ -92,17 +109,26 @@ def build_parser():
                    help="preset of dataset / mode / learner / sizes / budgets / T (flags below override)")
     p.add_argument("--dataset", choices=("digits", "mnist", "spambase"), default=None)
     p.add_argument("--mode", choices=("generic", "specific"), default=None)
-    p.add_argument("--learner", choices=("lr", "adaline", "mlp"), default=None)
+    p.add_argument("--learner", choices=("lr", "adaline", "mlp", "cnn"), default=None)
+    p.add_argument("--classes", nargs="+", type=int, default=None,
+                   help="keep only these classes, relabelled 0..k-1 (setting cnn: 1 5 6)")
     p.add_argument("--n-train", type=int, default=None)
     p.add_argument("--n-val", type=int, default=None)
     p.add_argument("--n-test", type=int, default=None, help="default: the setting's (spambase: the rest)")
     p.add_argument("--budgets", nargs="+", type=int, default=None)
-    p.add_argument("--method", choices=("implicit", "backgradient"), default="implicit")
+    p.add_argument("--method", choices=("implicit", "backgradient"), default=None,
+                   help="default: implicit (cnn: backgradient, its only method)")
     p.add_argument("--pair", nargs=2, type=int, default=(8, 3), metavar=("SOURCE", "TARGET"))
     p.add_argument("--reg", type=float, default=1e-3, help="L2 weight of the victim")
     p.add_argument("--T", type=int, default=None, help="gradient-descent steps of the back-gradient victim")
     p.add_argument("--gd-lr", type=float, default=None,
-                   help="step of the back-gradient victim's gradient descent (default: the safe 1/L)")
+                   help="step of the back-gradient victim's gradient descent (default: the safe 1/L; cnn 0.05)")
+    p.add_argument("--momentum", type=float, default=None,
+                   help="heavy-ball momentum of the back-gradient victim (default: none; cnn 0.9, exactly reversed)")
+    p.add_argument("--batch-size", type=int, default=None, help="cnn: mini-batch SGD (default: full batch)")
+    p.add_argument("--channels", nargs="+", type=int, default=(8, 16), help="cnn: channels of each conv block")
+    p.add_argument("--compute-dtype", choices=("auto", "float32", "float64"), default="auto",
+                   help="cnn: precision of the network's layers (auto: float32 on CPU, float64 elsewhere)")
     p.add_argument("--steps", type=int, default=20, help="max ascent steps per poison point")
     p.add_argument("--step-size", type=float, default=1.0, help="initial step (L2 length) of the line search")
     p.add_argument("--splits", type=int, default=1, help="data splits (seeds seed, seed+1, ...), averaged")
@@ -116,7 +142,14 @@ def _config(args) -> dict[str, Any]:
     s = SETTINGS[args.setting]
     cfg = {k: getattr(args, k) if getattr(args, k) is not None else s[k] for k in ("dataset", "mode", "learner")}
     n_tr, n_va, n_te = s["sizes"]
-    if cfg["dataset"] != s["dataset"]:  # flags changed the data set: its usual sizes
+    cfg["classes"] = tuple(args.classes) if args.classes is not None else s.get("classes")
+    if (cfg["learner"] == "cnn" and args.dataset is None and cfg["dataset"] == "mnist"
+            and _cli.resolve_data_dir(args.data_dir) is None):
+        print("setting cnn: no --data-dir / $BILEVEL_DATA_DIR, falling back to sklearn's 8x8 digits")
+        cfg["dataset"] = "digits"
+    if cfg["learner"] == "cnn" and cfg["dataset"] == "digits" and s["dataset"] != "digits":
+        n_tr, n_va, n_te = CNN_DIGITS_SIZES
+    elif cfg["dataset"] != s["dataset"]:  # flags changed the data set: its usual sizes
         n_tr, n_va, n_te = {"digits": (300, 300, 1000), "mnist": (1000, 1000, 8000),
                             "spambase": (100, 400, None)}[cfg["dataset"]]
         if cfg["dataset"] == "mnist" and cfg["mode"] == "specific":
@@ -137,6 +170,9 @@ def _config(args) -> dict[str, Any]:
         cfg["steps"] = min(cfg["steps"], 3)
         cfg["budgets"] = sorted({b for b in cfg["budgets"] if b <= 2} | {0, 2})
         cfg["T"] = min(cfg["T"], 20)
+        if cfg["learner"] == "cnn":  # compilation dominates: the smallest run that still trains a network
+            cfg["n_train"], cfg["n_val"], cfg["n_test"] = min(cfg["n_train"], 60), min(cfg["n_val"], 60), 100
+            cfg["steps"], cfg["T"] = min(cfg["steps"], 2), min(cfg["T"], 10)
     if not cfg["budgets"] or cfg["budgets"][0] < 0:
         raise SystemExit("--budgets must be >= 0")
     if cfg["mode"] == "specific" and cfg["dataset"] == "spambase":
@@ -145,6 +181,17 @@ def _config(args) -> dict[str, Any]:
         raise SystemExit("--learner adaline is binary: use it with --dataset spambase")
     if args.splits < 1 or args.chunk < 1:
         raise SystemExit("--splits and --chunk must be >= 1")
+    if cfg["learner"] == "cnn" and cfg["dataset"] == "spambase":
+        raise SystemExit("--learner cnn needs square images: use it with --dataset mnist or digits")
+    cfg["method"] = args.method or ("backgradient" if cfg["learner"] == "cnn" else "implicit")
+    if cfg["learner"] == "cnn" and cfg["method"] != "backgradient":
+        raise SystemExit("--learner cnn is differentiated by back-gradient only (--method backgradient)")
+    if args.batch_size is not None and args.batch_size < 1:
+        raise SystemExit("--batch-size must be >= 1")
+    if args.momentum is not None and not 0.0 <= args.momentum < 1.0:
+        raise SystemExit("--momentum must be in [0, 1)")
+    if cfg["classes"] is not None and len(set(cfg["classes"])) < 2:
+        raise SystemExit("--classes needs at least two distinct classes")
     return cfg
 
 
@@ -153,7 +200,24 @@ def _load(cfg, args):
 
     if cfg["dataset"] == "spambase":
         return data.load_spambase(_cli.resolve_data_dir(args.data_dir))
-    return _cli.load_digits_or_mnist(cfg["dataset"], args.data_dir, args.seed)
+    ds = _cli.load_digits_or_mnist(cfg["dataset"], args.data_dir, args.seed)
+    return ds if cfg["classes"] is None else keep_classes(ds, cfg["classes"])
+
+
+def keep_classes(ds, classes):
+    """``ds`` restricted to ``classes`` (original labels), relabelled ``0..len(classes)-1`` in that order."""
+    from poisoning.datasets import Dataset
+
+    classes = [int(c) for c in classes]
+    lut = np.full(max(int(ds.y_train.max()), int(ds.y_test.max()), max(classes)) + 1, -1, np.int64)
+    lut[classes] = np.arange(len(classes))
+    parts = []
+    for X, y in ((ds.X_train, ds.y_train), (ds.X_test, ds.y_test)):
+        keep = np.isin(y, classes)
+        parts += [np.asarray(X)[keep], lut[np.asarray(y)[keep]]]
+    if len(parts[1]) == 0:
+        raise SystemExit(f"--classes {classes}: no such examples in {ds.name}")
+    return Dataset(*parts, name=ds.name, meta={**ds.meta, "classes": classes})
 
 
 def _learner(cfg, args, X_tr, n_classes, method=None):
@@ -163,6 +227,25 @@ def _learner(cfg, args, X_tr, n_classes, method=None):
 
     method = method or args.method
     name, reg, T = cfg["learner"], args.reg, cfg["T"]
+    if name == "cnn":
+        import jax
+        import jax.numpy as jnp
+
+        side = int(round(np.sqrt(X_tr.shape[1])))
+        if side * side != X_tr.shape[1]:
+            raise SystemExit(f"--learner cnn needs square images, got {X_tr.shape[1]} features")
+        lr = 0.05 if args.gd_lr is None else float(args.gd_lr)
+        if not lr > 0:
+            raise SystemExit("--gd-lr must be > 0")
+        dt = args.compute_dtype
+        dt = {"float32": jnp.float32, "float64": None}.get(dt, jnp.float32 if jax.default_backend() == "cpu" else None)
+        mom = 0.9 if args.momentum is None else float(args.momentum)
+        if not mom > 0:
+            raise SystemExit("--momentum must be > 0 for the cnn (exact reversal of heavy-ball SGD)")
+        reverse = "unrolled" if method == "unrolled" else "backgradient"
+        return M.cnn_victim(n_classes, side, channels=tuple(args.channels), steps=T, learning_rate=lr, momentum=mom,
+                            batch_size=args.batch_size, compute_dtype=dt, seed=args.seed, reverse=reverse,
+                            checkpoint="sqrt"), lr
     lr = M.gd_learning_rate(X_tr, reg, curvature=1.0 if name == "adaline" else 0.5)
     if args.gd_lr is not None:
         if not args.gd_lr > 0:
@@ -170,11 +253,13 @@ def _learner(cfg, args, X_tr, n_classes, method=None):
         lr = float(args.gd_lr)
     if name == "lr":
         basis = M.GramBasis.from_data(X_tr, rank=min(20, X_tr.shape[1]))
-        return M.softmax_victim(n_classes, reg, method=method, steps=T, learning_rate=lr, precondition=basis,
+        return M.softmax_victim(n_classes, reg, method=method, steps=T, learning_rate=lr,
+                                momentum=args.momentum or None, precondition=basis,
                                 implicit=Implicit(linear_solver=CG(tol=1e-8), on_failure="ignore")), lr
+    mom = args.momentum or None
     if name == "adaline":
-        return M.adaline_victim(reg, method=method, steps=T, learning_rate=lr), lr
-    return M.mlp_victim(n_classes, 10, reg, method=method, steps=T, learning_rate=lr), lr
+        return M.adaline_victim(reg, method=method, steps=T, learning_rate=lr, momentum=mom), lr
+    return M.mlp_victim(n_classes, 10, reg, method=method, steps=T, learning_rate=lr, momentum=mom), lr
 
 
 def _attack_chunked(attack, X_tr, y_tr, X0, yp, X_att, y_att, steps, chunk, ckpt, key, bar):
@@ -240,12 +325,14 @@ def _one_split(cfg, args, ds, seed, ckpt, bar) -> dict[str, Any]:
     wall = time.perf_counter() - t0
 
     # ---- every budget from one weighted fit (poison rows beyond the budget get weight 0) ----
+    fit = jax.jit(learner.fit)  # one compilation for the attack and the random flips (same shapes)
+
     def fitter(X_extra, y_extra):
         Xall = jnp.asarray(np.concatenate([X_tr, X_extra]))
         yall = jnp.asarray(np.concatenate([y_tr, y_extra]).astype(np.int64))
-        fit = jax.jit(lambda w: learner.fit(Xall, yall, w))
         n_extra = len(y_extra)
-        return lambda b: fit(jnp.asarray(np.concatenate([np.ones(len(y_tr)), np.arange(n_extra) < b]).astype(float)))
+        return lambda b: fit(Xall, yall, jnp.asarray(np.concatenate([np.ones(len(y_tr)),
+                                                                      np.arange(n_extra) < b]).astype(float)))
 
     def evaluate(params):
         pred = np.asarray(learner.predict(params, X_te))
@@ -269,14 +356,16 @@ def _one_split(cfg, args, ds, seed, ckpt, bar) -> dict[str, Any]:
            "compile_seconds": compile_s, "wall_seconds": wall, "gd_lr": lr, "learner": learner.name,
            "n_val_attacker": int(len(y_att))}
 
-    if args.method == "backgradient" and cfg["learner"] == "lr":  # back-gradient vs implicit at the start
-        imp_attack = M.munoz_attack(_learner(cfg, args, X_tr, n_classes, "implicit")[0], mode)
+    # the back-gradient vs a reference (cnn --quick: skipped, two more compilations; the tests check it on a tiny CNN)
+    if args.method == "backgradient" and (cfg["learner"] == "lr" or (cfg["learner"] == "cnn" and not args.quick)):
+        ref = "implicit" if cfg["learner"] == "lr" else "unrolled"  # IFT at convergence / the stored steps
+        ref_attack = M.munoz_attack(_learner(cfg, args, X_tr, n_classes, ref)[0], mode)
         g = [np.asarray(jax.jit(lambda x, a=a: hypergradient(a, X_tr, y_tr, PoisonPoints(x, yp[:1]),
                                                              (X_att, y_att))[1])(jnp.asarray(X0[:1]))).ravel()
-             for a in (attack, imp_attack)]
+             for a in (attack, ref_attack)]
         out["hypergradient_check"] = {
-            "cosine_backgradient_vs_implicit": float(g[0] @ g[1] / (np.linalg.norm(g[0]) * np.linalg.norm(g[1]))),
-            "norm_backgradient": float(np.linalg.norm(g[0])), "norm_implicit": float(np.linalg.norm(g[1]))}
+            f"cosine_backgradient_vs_{ref}": float(g[0] @ g[1] / (np.linalg.norm(g[0]) * np.linalg.norm(g[1]))),
+            "norm_backgradient": float(np.linalg.norm(g[0])), f"norm_{ref}": float(np.linalg.norm(g[1]))}
     return out
 
 
@@ -286,12 +375,14 @@ def run(args) -> dict[str, Any]:
     jax.config.update("jax_enable_x64", True)
 
     cfg = _config(args)
+    args.method = cfg["method"]
     ds = _load(cfg, args)
     out = _cli.ensure_dir(args.out)
     ckpt = _cli.Checkpoint(out / "checkpoint.npz")
     fingerprint = json.dumps({**cfg, "setting": args.setting, "method": args.method, "reg": args.reg,
                               "step_size": args.step_size, "pair": list(args.pair), "seed": args.seed,
-                              "gd_lr": args.gd_lr}, sort_keys=True)
+                              "gd_lr": args.gd_lr, "momentum": args.momentum, "batch_size": args.batch_size,
+                              "channels": list(args.channels), "compute_dtype": args.compute_dtype}, sort_keys=True)
     if args.fresh:
         ckpt.clear()  # before loading: --fresh also recovers from a damaged checkpoint
     state = ckpt.load()
@@ -323,11 +414,19 @@ def run(args) -> dict[str, Any]:
         "config": {**{k: cfg[k] for k in ("n_train", "n_val", "n_test", "budgets", "steps")},
                    "n_val_attacker": splits[0]["n_val_attacker"], "seeds": seeds, "step_size": args.step_size,
                    "reg": args.reg, "T": cfg["T"] if args.method == "backgradient" else None,
-                   "gd_lr": splits[0]["gd_lr"], "pair": list(args.pair), "quick": bool(args.quick)},
+                   "gd_lr": splits[0]["gd_lr"], "pair": list(args.pair), "quick": bool(args.quick),
+                   "classes": None if cfg["classes"] is None else list(cfg["classes"]), "momentum": args.momentum,
+                   "batch_size": args.batch_size, "chunk": args.chunk,
+                   **({"channels": list(args.channels), "compute_dtype": args.compute_dtype,
+                       "momentum": 0.9 if args.momentum is None else args.momentum}
+                      if cfg["learner"] == "cnn" else {})},
         "clean": rows[0] if cfg["budgets"][0] == 0 else None, "rows": rows,
+        "clean_accuracy": 1.0 - rows[0]["test_error"] if cfg["budgets"][0] == 0 else None,
+        "seconds": float(sum(s["rows"][-1]["seconds"] for s in splits)),  # attack time, kept across resumes
         "compile_seconds": float(np.mean([s["compile_seconds"] for s in splits])),
         "seconds_per_point": (float(np.mean([s["rows"][-1]["seconds"] for s in splits])) / m) if m else 0.0,
-        "paper": PAPER.get(args.setting if cfg["dataset"] == SETTINGS[args.setting]["dataset"] else "", ""),
+        "paper": PAPER.get(args.setting, "") + ("" if cfg["dataset"] == SETTINGS[args.setting]["dataset"] else
+                                                f" [ours ran on {cfg['dataset']}, not the paper's data set]"),
     }
     if "hypergradient_check" in splits[0]:
         results["hypergradient_check"] = [s["hypergradient_check"] for s in splits]
@@ -344,8 +443,9 @@ def run(args) -> dict[str, Any]:
           f"(x{last['test_error'] / max(c, 1e-12):.2f}); random flips {last['test_error_random_flip']:.3f}; "
           f"{results['seconds_per_point']:.1f} s per poison point")
     if "hypergradient_check" in results:
-        print("back-gradient vs implicit hypergradient cosine at the start:",
-              [round(h["cosine_backgradient_vs_implicit"], 4) for h in results["hypergradient_check"]])
+        for key in [k for k in results["hypergradient_check"][0] if k.startswith("cosine_")]:
+            print(f"{key.replace('cosine_', '').replace('_', ' ')} hypergradient cosine at the start:",
+                  [round(h[key], 4) for h in results["hypergradient_check"]])
     print(results["paper"])
     if not args.no_plots:
         _plots(out, results, splits[0]["X0"], splits[0]["X_poison"])

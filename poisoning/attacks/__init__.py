@@ -37,7 +37,7 @@ import importlib
 
 __all__ = ["biggio2012", "munoz2017", "label_flip", "koh2022", "jagielski2018", "solans2020", "subpopulation",
            "koh2017", "shafahi2018", "zhu2019", "aghakhani2021", "geiping2021", "souri2022", "huang2020", "cina2022",
-           "gu2017"]
+           "gu2017", "chen2017", "turner2019", "saha2020"]
 
 
 def __getattr__(name):

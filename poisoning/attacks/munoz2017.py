@@ -9,8 +9,10 @@ by projected ascent along the unit hypergradient with backtracking (accept an im
 halve the step; :class:`bilevel.stackelberg.Backtrack`). Composed from:
 
 - **Victims** (:mod:`poisoning.victims`): :func:`softmax_victim` (multiclass L2 logistic regression, the
-  paper's MNIST model), :func:`mlp_victim` (10 tanh hidden units, softmax output) and
-  :func:`adaline_victim` (binary, squared loss on :math:`\pm1` targets), each with
+  paper's MNIST model), :func:`mlp_victim` (10 tanh hidden units, softmax output),
+  :func:`adaline_victim` (binary, squared loss on :math:`\pm1` targets) and :func:`cnn_victim` (a small
+  convolutional network, :class:`MunozCNN`, trained by ``T`` steps of heavy-ball SGD and always reversed
+  by back-gradient: the paper's §5 deep-network experiment), the first three each with
   ``method="implicit"`` (train to convergence, the implicit function theorem) or
   ``method="backgradient"`` (the victim *is* ``T`` steps of fixed-step gradient descent from a fixed
   start and the hypergradient reverses that trajectory, :class:`bilevel.unroll.BackGradient`: the
@@ -37,6 +39,7 @@ import dataclasses
 import functools
 from typing import Literal
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -48,6 +51,7 @@ from bilevel.unroll import BackGradient
 from poisoning import victims
 from poisoning.attack import PoisoningAttack, PoisonPoints, run
 from poisoning.feasible import Box
+from poisoning.models._common import Conv, ImageClassifier, max_pool
 from poisoning.objectives import error_generic, error_specific
 from poisoning.victims import Victim
 
@@ -55,6 +59,8 @@ __all__ = [
     "softmax_victim",
     "mlp_victim",
     "adaline_victim",
+    "MunozCNN",
+    "cnn_victim",
     "gd_learning_rate",
     "kfac_basis",
     "GramBasis",
@@ -211,6 +217,74 @@ def adaline_victim(reg: float = 1e-3, *, method: Method = "implicit", steps: int
     implicit = Implicit(linear_solver=CG(tol=1e-12), on_failure="ignore") if implicit is None else implicit
     solver, strategy = _training(method, implicit, solver, steps, learning_rate, momentum)
     return victims.adaline(float(reg), solver=solver, method=strategy)
+
+
+class MunozCNN(ImageClassifier):
+    r"""A small CNN on flattened square grey images (the rows of the attack's ``(n, side**2)`` features):
+    ``len(channels)`` blocks of a ``kernel x kernel`` convolution (SAME padding), ReLU and 2x2 max-pooling,
+    then a dense layer to ``num_classes`` logits. ``compute_dtype`` (e.g. ``jnp.float32``) runs the
+    layers in that precision whatever the dtype of the parameters and input (XLA:CPU's fast convolution
+    kernels are float32 only); ``None`` computes in the input's dtype (float64 in the tests).
+
+    The paper (Muñoz-González et al. 2017, §5) poisons "a convolutional neural network" on MNIST digits
+    1, 5 and 6; this is a small network of that kind, not their exact architecture."""
+
+    side: int = 28
+    channels: tuple = (8, 16)
+    kernel: int = 5
+    compute_dtype: object = None
+
+    @nn.compact
+    def __call__(self, x, train: bool = False, features: bool = False):
+        x = jnp.asarray(x)
+        if x.ndim == 2:
+            if x.shape[1] != self.side * self.side:
+                raise ValueError(f"argument 'x' must have side**2 = {self.side ** 2} features, "
+                                 f"got shape {x.shape}")
+            x = x.reshape(x.shape[0], self.side, self.side)
+        x = self.prepare(x)
+        dt = self.compute_dtype
+        if dt is not None:
+            x = x.astype(dt)
+        k = int(self.kernel)
+        for i, c in enumerate(self.channels):
+            x = nn.relu(Conv(int(c), (k, k), conv=self.conv, padding="SAME", dtype=dt, name=f"conv{i}")(x))
+            x = max_pool(x, 2)
+        x = x.reshape(x.shape[0], -1)
+        if features:
+            return x
+        return nn.Dense(self.num_classes, dtype=dt, name="head")(x)
+
+
+@functools.lru_cache(maxsize=None)
+def cnn_victim(n_classes: int = 3, side: int = 28, *, channels: tuple = (8, 16), kernel: int = 5, steps: int = 100,
+               learning_rate: float = 0.05, momentum: float = 0.9, batch_size: int | None = None,
+               weight_decay: float = 0.0, compute_dtype=None, seed: int = 0, reverse: str = "backgradient",
+               checkpoint=None, conv: str = "auto") -> Victim:
+    r"""The paper's §5 victim: :class:`MunozCNN` trained from a fixed initialization (``seed``) by ``steps``
+    steps of heavy-ball SGD (``optax.sgd``'s iteration: :math:`v \leftarrow \gamma v + \nabla\mathcal L`,
+    :math:`\theta \leftarrow \theta - \eta v`) on the mean cross-entropy (full batch, or mini-batches of
+    ``batch_size`` in a fixed seeded order), :func:`poisoning.victims.network`.
+
+    ``reverse="backgradient"`` (default): the hypergradient reverses the trajectory exactly in int64
+    fixed point (Maclaurin et al. 2015; needs ``jax_enable_x64`` and ``momentum > 0``); no trajectory
+    is stored. ``reverse="unrolled"``: reverse-mode through the stored steps (the reference the
+    back-gradient is checked against). The reversal is bit-exact only when the gradient is computed
+    identically forward and backward; with ``compute_dtype=jnp.float32`` different compilations of the
+    same step can differ in the last bits, and the reversal can amplify that (up to :math:`1/\gamma` per step)
+    (see ``hypergradient_check`` in :mod:`experiments.munoz2017`). ``checkpoint``: rematerialization of the
+    unrolled reference (:class:`bilevel.unroll.Unrolled`); ``conv``: the models' convolution (``"lax"``
+    compiles faster on tiny inputs)."""
+    if not 0.0 < float(momentum) < 1.0:
+        raise ValueError(f"argument 'momentum' must be in (0, 1) for an exactly reversible victim, got {momentum!r}")
+    if int(side) < 1 or not channels:
+        raise ValueError(f"arguments 'side' and 'channels' must be >= 1 and non-empty, got {side!r}, {channels!r}")
+    module = MunozCNN(num_classes=int(n_classes), side=int(side), channels=tuple(int(c) for c in channels),
+                      kernel=int(kernel), compute_dtype=compute_dtype, conv=conv)
+    return victims.network(module, int(n_classes), steps=int(steps), learning_rate=float(learning_rate),
+                           momentum=float(momentum), batch_size=None if batch_size is None else int(batch_size),
+                           weight_decay=float(weight_decay), reverse=reverse, seed=int(seed),
+                           checkpoint=checkpoint if reverse == "unrolled" else None)
 
 
 # ----------------------------------------------------------------------------------------------------

@@ -68,3 +68,9 @@ __all__ = [
     "train_and_vote",
     "pca_features",
 ]
+
+# the certified bound of Steinhardt, Koh & Liang 2017 (issue 13)
+from poisoning.certify import steinhardt  # noqa: E402
+from poisoning.certify.steinhardt import CertifyConfig, certify, certify_sweep, oracle_region  # noqa: E402
+
+__all__ += ["steinhardt", "CertifyConfig", "certify", "certify_sweep", "oracle_region"]

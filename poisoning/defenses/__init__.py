@@ -54,3 +54,17 @@ from poisoning.defenses.trim import TrimResult, removal_rates  # noqa: E402  (TR
 
 __all__ += ["adversarial_poisoning", "dp_sgd", "gaussian_augmentation", "trim", "AdversarialPoisoning", "DPSGD",
             "dp_epsilon", "rdp_sampled_gaussian", "GaussianAugmentation", "TrimResult", "removal_rates"]
+
+# model-level backdoor defenses (issue 12) and robust sanitizers (issue 13): modules exported by name
+from poisoning.defenses import fine_pruning, label_sanitization, neural_cleanse, roni, sever, strip, svd  # noqa: E402
+from poisoning.defenses.fine_pruning import ChannelMask, FinePruningConfig  # noqa: E402
+from poisoning.defenses.label_sanitization import KNNLabelSanitizer, knn_relabel  # noqa: E402
+from poisoning.defenses.neural_cleanse import NeuralCleanseConfig  # noqa: E402
+from poisoning.defenses.roni import RONIDefense  # noqa: E402
+from poisoning.defenses.sever import SeverDefense  # noqa: E402
+from poisoning.defenses.strip import StripConfig  # noqa: E402
+from poisoning.defenses.svd import SVDDefense  # noqa: E402
+
+__all__ += ["fine_pruning", "label_sanitization", "neural_cleanse", "roni", "sever", "strip", "svd", "ChannelMask",
+            "FinePruningConfig", "KNNLabelSanitizer", "knn_relabel", "NeuralCleanseConfig", "RONIDefense",
+            "SeverDefense", "StripConfig", "SVDDefense"]

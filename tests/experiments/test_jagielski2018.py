@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments import jagielski2018
@@ -20,6 +21,16 @@ def test_jagielski2018_quick_writes_results(tmp_path):
     assert rows[1]["optp_objective"] >= rows[1]["optp_objective_start"] and rows[1]["optp_init"] == "inverse"
     assert on_disk["rows"][1]["mse_optp"] == results["rows"][1]["mse_optp"]
     assert (tmp_path / "mse_vs_rate.png").read_bytes()[:4] == b"\x89PNG"
+    # the defenses, against every attack in the same run (TRIM knows the clean size n, as in the paper)
+    for r in rows:
+        for attack in ("statp", "bgd", "optp"):
+            assert all(np.isfinite(r[f"mse_{attack}_{d}"]) for d in ("trim", "huber", "ransac"))
+    assert rows[0]["mse_optp_trim"] == rows[0]["mse_clean"]                  # nothing to trim on clean data
+    poisoned = rows[1]
+    assert poisoned["trim_optp_detection"] == 1.0 and poisoned["trim_optp_false_positive"] == 0.0
+    assert poisoned["mse_optp_trim"] < 1.05 * poisoned["mse_clean"] < poisoned["mse_optp"]
+    assert on_disk["config"]["defenses"] == ["trim", "huber", "ransac"]
+    assert (tmp_path / "defenses_mse_vs_rate.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_make_victim():

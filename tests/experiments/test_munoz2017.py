@@ -40,3 +40,18 @@ def test_munoz2017_rejects_inconsistent_settings(tmp_path):
         munoz2017.main(["--learner", "adaline", "--quick", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         munoz2017.main(["--setting", "spambase-lr", "--mode", "specific", "--quick", "--out", str(tmp_path)])
+
+
+def test_munoz2017_cnn_quick_falls_back_to_digits_156(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("BILEVEL_DATA_DIR", raising=False)  # no MNIST: sklearn's 8x8 digits 1, 5, 6
+    res = munoz2017.main(["--setting", "cnn", "--quick", "--no-plots", "--out", str(tmp_path)])
+    assert "falling back" in capsys.readouterr().out
+    assert res["dataset"] == "digits" and res["method"] == "backgradient" and "MunozCNN" in res["learner"]
+    assert res["config"]["classes"] == [1, 5, 6] and res["config"]["momentum"] == 0.9
+    assert [r["n_poison"] for r in res["rows"]] == [0, 1, 2]
+    assert res["rows"][-1]["objective"] > res["rows"][0]["objective"]  # the attack raised the validation loss
+    assert "hypergradient_check" not in res  # --quick skips it (tests/poisoning/test_munoz2017.py checks a tiny CNN)
+    saved = json.loads((tmp_path / "results.json").read_text())
+    assert {"clean_accuracy", "seconds", "paper", "rows"} <= set(saved) and "not the paper's" in saved["paper"]
+    with pytest.raises(SystemExit):
+        munoz2017.main(["--setting", "cnn", "--method", "implicit", "--quick", "--out", str(tmp_path)])

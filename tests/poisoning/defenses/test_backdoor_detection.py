@@ -89,6 +89,39 @@ def test_activation_clustering_finds_the_cluster_and_spares_a_clean_set():
         activation_clustering(F[:, 0], y)
 
 
+def test_activation_clustering_exclusionary_reclassification():
+    """A model retrained without the candidate clusters reads a poison cluster as its source class (1)
+    and a legitimate small cluster as its own label: only the poison is flagged, on one retraining."""
+    F, y, p = _features(poison=True)
+    x, backdoored = _images_and_predictor(y, p)
+    calls = []
+
+    def retrain(keep):
+        calls.append(keep.copy())
+        learned_trigger = bool(np.any(keep & p))  # the backdoor survives only if some poison is kept
+
+        def predict(im):
+            im = np.asarray(im)
+            return backdoored(im) if learned_trigger else np.rint((im[:, 1, 1, 0] - 0.2) / 0.2).astype(int)
+
+        return predict
+
+    det = activation_clustering(F, y, n_components=3, criterion="exclusionary", images=x, retrain=retrain)
+    r = detection_rates(det.flagged, p)
+    assert len(calls) == 1 and not np.any(calls[0] & p)  # one retraining, every poison left out
+    assert r.tpr == 1.0 and r.fpr <= 0.01
+    assert det.per_class[0]["poisoned"] and det.per_class[0]["reclass_other_class"] == 1
+    assert not det.per_class[1]["poisoned"] and not det.per_class[2]["poisoned"]
+    Fc, yc, pc = _features(poison=False, seed=1)
+    xc, _ = _images_and_predictor(yc, pc)
+    clean = activation_clustering(Fc, yc, n_components=3, criterion="exclusionary", images=xc, retrain=retrain)
+    assert not clean.flagged.any()  # a clean set's small clusters keep their labels
+    with pytest.raises(TypeError, match="retrain"):
+        activation_clustering(F, y, criterion="exclusionary", images=x)
+    with pytest.raises(ValueError, match="images"):
+        activation_clustering(F, y, criterion="exclusionary", images=x[:5], retrain=retrain)
+
+
 def test_cluster_impurity_flags_only_the_impure_cluster():
     F, y, p = _features(poison=True)
     x, predict = _images_and_predictor(y, p)
