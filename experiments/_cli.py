@@ -98,6 +98,15 @@ def parse_budgets(values) -> list[int]:
     return budgets
 
 
+def parse_fractions(values, flag: str = "--eps") -> list[float]:
+    """The sorted distinct fractions in ``values`` (e.g. poison fractions eps), each in (0, 1); a
+    ``SystemExit`` naming ``flag`` otherwise."""
+    grid = sorted(set(float(v) for v in values))
+    if not grid or not all(0.0 < v < 1.0 for v in grid):
+        raise SystemExit(f"{flag} must be values in (0, 1), got {values}")
+    return grid
+
+
 def load_digits_or_mnist(dataset: str, data_dir=None, seed: int = 0):
     """``poisoning.datasets`` loader for the image experiments: sklearn's digits (offline) or MNIST from
     ``data_dir`` / ``$BILEVEL_DATA_DIR``."""

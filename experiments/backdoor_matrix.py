@@ -126,19 +126,11 @@ def load_data(dataset: str, data_dir, seed: int):
         ds = datasets.load_cifar10(_cli.resolve_data_dir(data_dir))
         return (np.asarray(ds.X_train, np.float32), np.asarray(ds.y_train, np.int32),
                 np.asarray(ds.X_test, np.float32), np.asarray(ds.y_test, np.int32), "cifar10", False)
+    from experiments import gu2017
+
     if dataset != "digits":
-        from experiments import gu2017
-
         return gu2017.load_data(data_dir, seed, None, dataset)
-    from scipy.ndimage import zoom
-
-    d = datasets.load_digits(flatten=False, seed=seed)
-
-    def up(a):  # bilinear, 8x8 -> 28x28
-        return np.clip(zoom(np.asarray(a, np.float32), (1, 3.5, 3.5), order=1), 0.0, 1.0)[..., None]
-
-    return up(d.X_train), np.asarray(d.y_train, np.int32), up(d.X_test), np.asarray(d.y_test, np.int32), \
-        "digits", True
+    return (*gu2017.digits_28x28(seed), "digits", True)
 
 
 def train_config(preset: Preset, preset_name: str, dataset: str = "mnist"):

@@ -22,6 +22,15 @@ Protocols (``--preset``):
 - ``--dataset {cifar10,fashion_mnist,mnist}`` swaps the data set of any preset (MNIST without flips).
 - ``--quick``: scikit-learn digits upsampled to 32x32, LeNet-5, a few steps (the tests).
 
+Besides success, every victim records continuous measures (``results.json``, per target x victim):
+``margin``, the target's adversarial logit minus its largest other logit (> 0 exactly when the attack
+succeeds), ``adv_prob``, the adversarial class's softmax probability, and ``train_accuracy`` on its
+(poisoned) training set; ``crafting_model_margin`` is the clean crafting model's margin on each target
+and ``crafting_loss`` the brew's final alignment loss. Brew against noise *of the same victim seed*
+is a paired comparison of margins, a signal that needs far fewer trials than success rates. Training
+knobs: ``--lr``, ``--weight-decay``, ``--batch-size``, ``--crop``, ``--no-flip`` (no augmentation at
+all with ``--crop 0 --no-flip``; the crafting objective then applies none either).
+
 Sweeps: ``--eps 8,16`` (in /255) and ``--budgets 0.005,0.01`` run every combination and plot success
 against each. Published: CIFAR-10, ResNet-18 from scratch, budget 1 %: 45 % at eps 8/255 (the
 poisoning benchmark of Schwarzschild et al. 2021), about 90 % at eps 16/255 (Geiping et al., Table 1).
@@ -226,24 +235,41 @@ def trainer(proto: Protocol, n: int, victim: Victim | None = None, fallback: boo
     return model, fit
 
 
-def _outcomes(model, states, x_target, adv, x_test, y_test):
-    pt, acc = _predict_victims(model, states, x_target, x_test, y_test)
-    return {"success": np.asarray(pt == adv), "prediction": np.asarray(pt), "accuracy": np.asarray(acc)}
+def _outcomes(model, states, x_target, adv, x_test, y_test, x_train, y_train):
+    pt, acc, margin, prob, train_acc = _predict_victims(model, states, x_target, adv, x_test, y_test, x_train, y_train)
+    return {"success": np.asarray(pt == adv), "prediction": np.asarray(pt), "accuracy": np.asarray(acc),
+            "margin": np.asarray(margin), "adv_prob": np.asarray(prob), "train_accuracy": np.asarray(train_acc)}
+
+
+def _target_margin(logits, adv):
+    """The adversarial class's logit minus the largest other logit (> 0: the attack succeeds), and its
+    softmax probability: continuous measures of how far a victim moved the target."""
+    import jax.numpy as jnp
+
+    others = jnp.where(jnp.arange(logits.shape[-1]) == adv, -jnp.inf, logits)
+    return logits[adv] - jnp.max(others), jax.nn.softmax(logits)[adv]
 
 
 @functools.partial(jax.jit, static_argnums=0)
-def _predict_victims(model, states, x_target, x_test, y_test):
-    """The victims' predicted class of the target and their test accuracy (one victim at a time)."""
+def _predict_victims(model, states, x_target, adv, x_test, y_test, x_train, y_train):
+    """Per victim (one at a time): the predicted class of the target, the test accuracy, the target's
+    adversarial margin and probability (:func:`_target_margin`) and the accuracy on its (poisoned)
+    training set."""
     import jax.numpy as jnp
     from poisoning.training import predict
 
     def one(st):
-        pt = jnp.argmax(predict(model, st, x_target[None]), -1)[0]
+        logits = predict(model, st, x_target[None])[0]
+        margin, prob = _target_margin(logits, adv)
         acc = jnp.mean(jnp.argmax(predict(model, st, x_test), -1) == y_test)
-        return pt, acc
+        train_acc = jnp.mean(jnp.argmax(predict(model, st, x_train), -1) == y_train)
+        return jnp.argmax(logits), acc, margin, prob, train_acc
 
     return jax.lax.map(one, states)
 
+
+# what each retrained victim records (checkpointed per victim)
+_FIELDS = ("success", "prediction", "accuracy", "margin", "adv_prob", "train_accuracy")
 
 
 def _rate(success) -> dict:
@@ -269,6 +295,10 @@ def build_parser(description=None, default_out="runs/geiping2021"):
     p.add_argument("--width", type=int, default=None, help="the network's width knob")
     p.add_argument("--per-class", type=int, default=None, help="training images per class")
     p.add_argument("--crop", type=int, default=None, help="random-crop padding of the training augmentation (0: flips only)")
+    p.add_argument("--lr", type=float, default=None, help="SGD learning rate of every model")
+    p.add_argument("--weight-decay", type=float, default=None, help="weight decay of every model")
+    p.add_argument("--batch-size", type=int, default=None, help="training batch size of every model")
+    p.add_argument("--no-flip", action="store_true", help="no random flips (in training and inside the objective)")
     p.add_argument("--same-init", action="store_true",
                    help="victims retrain from the crafting model's initialization and data order (the most "
                         "favourable case for the attacker: only the poisons differ)")
@@ -300,6 +330,14 @@ def protocol_from_args(args) -> Protocol:
     if getattr(args, "dataset", None):
         changes["dataset"] = args.dataset
         changes["flip"] = args.dataset != "mnist"  # a mirrored digit is another digit
+    if getattr(args, "no_flip", False):
+        changes["flip"] = False
+    for name in ("lr", "weight_decay", "batch_size"):
+        v = getattr(args, name, None)
+        if v is not None:
+            if not (np.isfinite(v) and v >= 0) or (name != "weight_decay" and v <= 0):
+                raise SystemExit(f"--{name.replace('_', '-')} must be a positive number, got {v}")
+            changes[name] = v
     if getattr(args, "crop", None) is not None:
         if args.crop < 0:
             raise SystemExit(f"--crop must be >= 0, got {args.crop}")
@@ -431,9 +469,12 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
         member = jax.tree_util.tree_map(lambda a: a[0], jax.tree_util.tree_unflatten(
             jax.tree_util.tree_structure(template), [jnp.asarray(extra[f"leaf{i}"]) for i in range(len(leaves))]))
         V = (V if isinstance(V, tuple) else (V,)) + (variables(member),)
-    test_pred = np.asarray(jnp.argmax(predict(model, craft_state, XT), -1))
+    test_logits = predict(model, craft_state, XT)
+    test_pred = np.asarray(jnp.argmax(test_logits, -1))
     craft_acc = float(np.mean(test_pred == y_te))
-    print(f"[{experiment}] crafting model: test accuracy {100 * craft_acc:.1f} % ({n} training images)", flush=True)
+    craft_train_acc = float(np.mean(np.asarray(jnp.argmax(predict(model, craft_state, X), -1)) == y_tr))
+    print(f"[{experiment}] crafting model: test accuracy {100 * craft_acc:.1f} %, training accuracy "
+          f"{100 * craft_train_acc:.1f} % ({n} training images)", flush=True)
 
     def apply_fn(v, x):
         return model.apply(v, x, train=False)
@@ -459,11 +500,15 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
             ctx = dict(model=model, fit=fit, X=X, Y=Y, XT=XT, proto=proto, seed=args.seed, n=n, cached=cached, fp=fp)
             craft = crafter(ctx, eps)
         outcome = {}
+        clean_margin = [float(_target_margin(test_logits[int(t)], int(a))[0])
+                        for t, a in zip(trials["target"], trials["adv"])]
+        craft_loss = []
         for i in range(proto.targets):
             t, a, idx = int(trials["target"][i]), int(trials["adv"][i]), trials["poison_idx"][i]
             crafted = cached(f"{attack}/{i}/{fp(eps, budget, *tag)}",
                              lambda: dict(zip(("poisons", "loss"), jax.block_until_ready(
                                  craft(jnp.asarray(idx), t, jnp.asarray(a), jax.random.key(10_000 + i))))))
+            craft_loss.append(float(np.mean(crafted["loss"])))
             noise = jnp.clip(X[idx] + jax.random.uniform(jax.random.key(20_000 + i), X[idx].shape, X.dtype, -eps, eps), 0, 1)
             seeds = np.asarray([1 + args.seed + 100 * (i + 1) + j for j in range(proto.seeds)])
             if getattr(args, "same_init", False):  # the crafting model's own initialization and data order
@@ -473,19 +518,19 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
                 poisons = jnp.asarray(crafted["poisons"]) if kind == attack else noise
                 fpv = fp(eps, budget, *tag, v, *(("same_init",) if getattr(args, "same_init", False) else ()))
                 keys = [f"{kind}/{v.name}/{i}/{j}/{fpv}:" for j in range(proto.seeds)]  # one entry per victim
-                missing = [j for j, k in enumerate(keys) if k + "success" not in done]
+                missing = [j for j, k in enumerate(keys) if any(k + f not in done for f in _FIELDS)]
                 if missing:
                     t0 = time.perf_counter()
                     o = _outcomes(model if not v.model else _model(proto, v, fallback),
                                   fits[v.name](X.at[jnp.asarray(idx)].set(poisons), Y, jnp.asarray(seeds[missing])),
-                                  XT[t], a, XT, YT)
+                                  XT[t], a, XT, YT, X.at[jnp.asarray(idx)].set(poisons), Y)
                     for m, j in enumerate(missing):
-                        for field in ("success", "prediction", "accuracy"):
+                        for field in _FIELDS:
                             done[keys[j] + field] = np.asarray(o[field][m])
                         done[keys[j] + "seconds"] = np.asarray((time.perf_counter() - t0) / len(missing))
                     ckpt.save(done)
                 outcome.setdefault((kind, v.name), []).append(
-                    {f: np.stack([done[k + f] for k in keys]) for f in ("success", "prediction", "accuracy", "seconds")})
+                    {f: np.stack([done[k + f] for k in keys]) for f in _FIELDS + ("seconds",)})
             if i == 0:
                 examples[setting] = (dict(target=t, adv=a, poison_idx=idx), np.asarray(crafted["poisons"]))
             bar.update(1)
@@ -497,6 +542,13 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
                 "budget": budget, "poisons": int(len(trials["poison_idx"][0])), **_rate(succ),
                 "targets_hit": int(np.sum(succ.any(axis=1))), "per_target": succ.astype(int).tolist(),
                 "clean_accuracy": float(np.mean([np.mean(o["accuracy"]) for o in outs])),
+                "train_accuracy": float(np.mean([np.mean(o["train_accuracy"]) for o in outs])),
+                "margin": np.round(np.stack([o["margin"] for o in outs]).astype(float), 3).tolist(),
+                "adv_prob": np.round(np.stack([o["adv_prob"] for o in outs]).astype(float), 4).tolist(),
+                "median_margin": float(np.median(np.stack([o["margin"] for o in outs]))),
+                "mean_adv_prob": float(np.mean(np.stack([o["adv_prob"] for o in outs]))),
+                "crafting_model_margin": np.round(np.asarray(clean_margin, float), 3).tolist(),
+                "crafting_loss": np.round(np.asarray(craft_loss, float), 4).tolist() if kind == attack else None,
                 "seconds": float(sum(float(np.sum(o["seconds"])) for o in outs)),
                 "paper": (PAPER if paper is None else paper).get(int(round(eps * 255)))
                 if kind == attack and vname == "none" and budget == 0.01 else None,
@@ -506,19 +558,22 @@ def run(args, victims: Sequence[Victim], *, experiment: str, controls: bool = Tr
 
     table = [[r["attack"], r["defense"], r["setting"], r["trials"], f"{100 * r['success_rate']:.1f}",
               f"[{100 * r['ci95'][0]:.0f}, {100 * r['ci95'][1]:.0f}]", "-" if r["paper"] is None else f"{r['paper']:.0f}",
-              f"{100 * r['clean_accuracy']:.1f}", f"{r['seconds']:.0f}"] for r in rows]
+              f"{100 * r['clean_accuracy']:.1f}", f"{100 * r['train_accuracy']:.1f}", f"{r['median_margin']:.2f}",
+              f"{100 * r['mean_adv_prob']:.1f}", f"{r['seconds']:.0f}"] for r in rows]
     print(_cli.format_table(table, ["attack", "defense", "setting", "trials", "success %", "95 % CI", "paper %",
-                                    "clean acc %", "s"]))
+                                    "clean acc %", "train acc %", "median margin", "adv prob %", "s"]))
     if fallback:
         print("NOTE: digits fallback (no CIFAR-10 files): these numbers are not the protocol's")
     results = {
         "experiment": experiment, "out": str(out), "preset": "quick" if args.quick else args.preset,
         "protocol": dataclasses.asdict(proto0), "eps": eps_list, "budgets": budgets, "fallback": fallback,
         "dataset": "digits (fallback)" if fallback else DATASETS[proto0.dataset], "n_train": n, "n_test": int(len(y_te)),
-        "crafting_model_accuracy": craft_acc, "devices": [str(d) for d in jax.devices()], "rows": rows,
+        "crafting_model_accuracy": craft_acc, "crafting_model_train_accuracy": craft_train_acc, "devices": [str(d) for d in jax.devices()], "rows": rows,
         "seconds": time.perf_counter() - t_all,
         "notes": ("trials = targets x victims retrained from scratch (other seeds than the crafting model); "
-                  "targets are test images the crafting model classifies correctly; the 95 % interval is "
+                  "targets are test images the crafting model classifies correctly; margin: the victim's adversarial "
+                  "logit minus its largest other logit on the target (> 0: success), per target x victim; "
+                  "crafting_model_margin: the same on the clean crafting model; the 95 % interval is "
                   "Clopper-Pearson over all trials (victims of one target are not independent: see "
                   "targets_hit and per_target)."),
     }

@@ -21,6 +21,12 @@ Protocol (CPU):
 5. run the three defenses on the *clean* network and the clean training set: their false-positive rate
    there (rows with ``attack = "none"``).
 
+AC (``--ac-criterion exclusionary``, ``--ac-reduction pca`` by default): the paper's ICA step gives the
+10 directions unit variance, which for k-means is a whitening; on 3 -> 8 it makes 2-means split class
+8 by handwriting style (all 613 poisons inside a 2,831-sample cluster, which no criterion can flag
+without 2,218 clean 8s). The principal components with their variances kept isolate the poison
+(``--ac-reduction ica`` is the paper's; see :mod:`poisoning.defenses.activation_clustering`).
+
 ``--pairs all`` adds the paper's 90 single-target pairs (attack success only, no defenses) as a
 10x10 heat map; ``--chunk K`` trains K of them at once with ``jax.vmap`` (on an accelerator).
 
@@ -126,6 +132,10 @@ def build_parser():
                    choices=("relative_size", "silhouette", "both", "exclusionary"),
                    help="AC's decision: 'exclusionary' (Chen et al.'s reclassification by a model retrained "
                         "without the candidate clusters; one more training) or a cluster statistic")
+    p.add_argument("--ac-reduction", default="pca", choices=("ica", "pca"),
+                   help="AC's reduction to 10 dimensions before 2-means: 'ica' (the paper's unit-variance sources, "
+                        "i.e. whitened for k-means) or 'pca' (variances kept; isolates the 3->8 poison, see "
+                        "poisoning.defenses.activation_clustering)")
     p.add_argument("--ci-threshold", type=float, default=0.5)
     p.add_argument("--ci-max-components", type=int, default=10, help="most mixture components per class")
     p.add_argument("--ci-filter", choices=tuple(CI_FILTERS), default="median3",
@@ -139,6 +149,21 @@ def build_parser():
 # ----------------------------------------------------------------------------------------------------
 # data and training
 # ----------------------------------------------------------------------------------------------------
+def digits_28x28(seed: int):
+    """scikit-learn's 8x8 digits (embedded, no download) upsampled bilinearly to 28x28: ``(x, y, x_test,
+    y_test)``, images NHWC float32 in [0, 1] (the fallback of the MNIST-family experiments)."""
+    from scipy.ndimage import zoom
+
+    from poisoning import datasets
+
+    d = datasets.load_digits(flatten=False, seed=seed)
+
+    def up(a):  # bilinear, 8x8 -> 28x28
+        return np.clip(zoom(np.asarray(a, np.float32), (1, 3.5, 3.5), order=1), 0.0, 1.0)[..., None]
+
+    return up(d.X_train), np.asarray(d.y_train, np.int32), up(d.X_test), np.asarray(d.y_test, np.int32)
+
+
 def load_data(data_dir, seed: int, n_train: int | None, dataset: str = "mnist"):
     """MNIST or Fashion-MNIST as NHWC float32 in [0, 1] (or the digits fallback); returns ``(x, y, x_test,
     y_test, name, fallback)``."""
@@ -151,14 +176,8 @@ def load_data(data_dir, seed: int, n_train: int | None, dataset: str = "mnist"):
     except FileNotFoundError as exc:
         print(f"[{dataset}] data not found ({exc}); falling back to scikit-learn's digits upsampled to 28x28: "
               "the numbers are NOT those of the data set", flush=True)
-        from scipy.ndimage import zoom
-
-        d = datasets.load_digits(flatten=False, seed=seed)
-
-        def up(a):  # bilinear, 8x8 -> 28x28
-            return np.clip(zoom(np.asarray(a, np.float32), (1, 3.5, 3.5), order=1), 0.0, 1.0)
-
-        x, y, xt, yt, name, fallback = up(d.X_train), d.y_train, up(d.X_test), d.y_test, "digits", True
+        x, y, xt, yt = digits_28x28(seed)
+        x, xt, name, fallback = x[..., 0], xt[..., 0], "digits", True
     x, xt = np.asarray(x, np.float32)[..., None], np.asarray(xt, np.float32)[..., None]
     y, yt = np.asarray(y, np.int32), np.asarray(yt, np.int32)
     if n_train is not None:
@@ -177,15 +196,16 @@ def recipe(epochs: int, quick: bool):
 
 
 class Trainer:
-    """Trains the BadNets CNN from one fixed initialization (``seed``) on any training set."""
+    """Trains a 28x28 network (``model``: the BadNets CNN by default) from one fixed initialization
+    (``seed``) on any training set."""
 
-    def __init__(self, cfg, knobs, sample, seed):
+    def __init__(self, cfg, knobs, sample, seed, model: str = "badnets"):
         import jax
 
         from poisoning.models import MNIST_MEAN, MNIST_STD, get_model
 
         self.cfg, self.seed = cfg, seed
-        self.model = get_model("badnets", 10, mean=MNIST_MEAN, std=MNIST_STD, **knobs)
+        self.model = get_model(model, 10, mean=MNIST_MEAN, std=MNIST_STD, **knobs)
         self.init_key = jax.random.key(seed)
         self.sample = sample[:1]
         self._states = {}
@@ -268,7 +288,7 @@ def poison(setting, trigger, x, y, rate, seed):
 
 
 def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion, ci_threshold, seed,
-                 ci_max_components=10, ci_filter="avg2"):
+                 ci_max_components=10, ci_filter="avg2", ci_bic_patience=1, ac_reduction="ica"):
     """Each defense on ``state``'s penultimate features of ``(x, y)``: ``{name: (Detection, rates, secs)}``."""
     from poisoning.defenses.activation_clustering import activation_clustering
     from poisoning.defenses.cluster_impurity import cluster_impurity
@@ -286,7 +306,8 @@ def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion
                 re_state = trainer.fit(x, y, keep=keep)
                 return lambda im: trainer.logits(re_state, im)
 
-            det = activation_clustering(feats, y, criterion=ac_criterion, seed=seed, images=x, retrain=retrain)
+            det = activation_clustering(feats, y, criterion=ac_criterion, seed=seed, images=x, retrain=retrain,
+                                        reduction=ac_reduction)
         else:
             from poisoning.defenses.cluster_impurity import average_filter, median_filter
 
@@ -294,7 +315,7 @@ def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion
             fn = {"average_filter": average_filter, "median_filter": median_filter}[fn]
             det = cluster_impurity(feats, y, x, lambda im: trainer.logits(state, im).argmax(-1),
                                    threshold=ci_threshold, max_components=ci_max_components, seed=seed,
-                                   image_filter=functools.partial(fn, size=size))
+                                   image_filter=functools.partial(fn, size=size), bic_patience=ci_bic_patience)
         out[name] = (det, detection_rates(det.flagged, is_poison), time.perf_counter() - t0)
         print(f"[gu2017]     {name} ran in {out[name][2]:.1f} s", flush=True)
     return out, feats
@@ -424,7 +445,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         # the defenses on the clean model and the clean training set: their false-positive rate there
         res, _ = run_defenses(defenses, trainer, clean_state, x, y, np.zeros(len(y), bool), ss_eps=ss_eps,
                               ac_criterion=args.ac_criterion, ci_threshold=args.ci_threshold, seed=args.seed,
-                              ci_max_components=ci_max, ci_filter=args.ci_filter)
+                              ci_max_components=ci_max, ci_filter=args.ci_filter,
+                              ac_reduction=args.ac_reduction)
         for name, (det, rates, secs) in res.items():
             rows.append(_row("none", None, name, None, acc, None, rates, seconds=secs))
         save("clean", rows)
@@ -461,7 +483,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                 res, feats = run_defenses(defenses, trainer, state, pset.images, pset.labels, pset.is_poison,
                                           ss_eps=ss_eps, ac_criterion=args.ac_criterion,
                                           ci_threshold=args.ci_threshold, seed=args.seed,
-                                          ci_max_components=ci_max, ci_filter=args.ci_filter)
+                                          ci_max_components=ci_max, ci_filter=args.ci_filter,
+                                          ac_reduction=args.ac_reduction)
                 for name, (det, rates, secs) in res.items():
                     re_state = trainer.fit(pset.images, pset.labels, keep=~det.flagged)
                     re_acc = trainer.accuracy(re_state, xt, yt)

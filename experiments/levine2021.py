@@ -7,6 +7,11 @@ plurality vote (ties to the smaller class) with the certified radius
 :math:`\rho = \lfloor (n_c - \max_{c' \ne c}(n_{c'} + [c' < c]))/2 \rfloor` (:mod:`poisoning.certify.aggregate`):
 
 - ``--mode dpa``: :math:`\rho` insertions or deletions of training samples (general poisoning);
+- ``--mode fa``: Finite Aggregation (Wang, Levine & Feizi, ICML 2022; :mod:`poisoning.certify.finite_aggregation`):
+  ``k*d`` buckets by the same hash mod ``k*d``, each spread over ``--d`` of the ``k*d`` base learners
+  (each learner trains on about ``n/k`` images, as a DPA learner does); the certificate counts
+  insertions or deletions (and label flips) against the votes of every learner a bucket reaches.
+  ``python -m experiments.wang2022`` is this mode with its own defaults and output folder;
 - ``--mode ssdpa``: :math:`\rho` label flips. The paper's base classifiers are semi-supervised (RotNet
   features of all unlabeled images + the partition's labels); here the label-free representation is a
   whitened PCA of all training images (``--pca-dim``) and each base classifier a softmax regression on it
@@ -63,8 +68,9 @@ import numpy as np
 
 from experiments import _cli
 
-MODES = ("dpa", "ssdpa")
-DEFAULT_K = {"dpa": 1200, "ssdpa": 3000}
+MODES = ("dpa", "ssdpa", "fa")
+DEFAULT_K = {"dpa": 1200, "ssdpa": 3000, "fa": 1200}
+DEFAULT_D = 16
 
 # The paper's MNIST numbers (Levine & Feizi 2021, as quoted in the project's issue 13).
 PAPER = {
@@ -72,13 +78,18 @@ PAPER = {
             "threat": "insertions/deletions of training samples"},
     "ssdpa": {"k": 3000, "base": "semi-supervised (RotNet features)", "median_certified": 647,
               "threat": "label flips"},
+    # Wang, Levine & Feizi 2022 (abstract; the per-radius tables were not transcribed)
+    "fa": {"k": 1200, "d": 16, "base": "nin", "median_certified": None,
+           "claim": "certified fraction up to 3.05 points above DPA's at the same clean accuracy (MNIST)",
+           "threat": "insertions/deletions of training samples"},
 }
 
 
 def build_parser():
     p = _cli.base_parser(__doc__.split("\n")[0], default_out="runs/levine2021")
     p.add_argument("--mode", choices=MODES, default="dpa")
-    p.add_argument("--k", type=int, default=None, help="number of partitions (default 1200 DPA, 3000 SS-DPA)")
+    p.add_argument("--k", type=int, default=None, help="number of partitions (default 1200 DPA / FA, 3000 SS-DPA)")
+    p.add_argument("--d", type=int, default=None, help=f"FA: base learners per sample (default {DEFAULT_D})")
     p.add_argument("--base", choices=("logistic", "cnn", "nin"), default=None,
                    help="base learner (default logistic; nin with --preset paper)")
     p.add_argument("--preset", choices=("cpu", "paper"), default="cpu")
@@ -142,8 +153,22 @@ def run(args) -> dict[str, Any]:
         raise SystemExit("--chunk must be >= 1")
 
     # the partition hashes the images (never the labels); its padded size is fixed for the whole run
-    part = np.asarray(C.partition_indices(X, k))
-    sizes = np.bincount(part, minlength=k)
+    if args.d is not None and args.mode != "fa":
+        raise SystemExit("--d is Finite Aggregation's parameter (--mode fa)")
+    d = (args.d if args.d is not None else (2 if args.quick else DEFAULT_D)) if args.mode == "fa" else 1
+    if d < 1:
+        raise SystemExit("--d must be >= 1")
+    shifts = None
+    if args.mode == "fa":
+        try:
+            _, fa_mask, shifts = C.fa_layout(X, k, d)
+        except ValueError as e:
+            raise SystemExit(f"--k/--d: {e}") from e
+        sizes = np.asarray(fa_mask).sum(axis=1)
+    else:
+        part = np.asarray(C.partition_indices(X, k))
+        sizes = np.bincount(part, minlength=k)
+    m = k * d   # base learners
     cfg = C.default_train_config(base, int(sizes.max()), quick=args.quick)
     if args.pad_to is not None and args.pad_to < int(sizes.max()):
         raise SystemExit(f"--pad-to {args.pad_to} is smaller than the largest partition ({int(sizes.max())})")
@@ -151,7 +176,10 @@ def run(args) -> dict[str, Any]:
     if cfg.batch_size >= int(sizes.max()):   # full-batch learners: one batch of the padded size
         cfg = cfg.replace(batch_size=size)
     size = -(-size // cfg.batch_size) * cfg.batch_size  # mini-batch learners: whole batches
-    index, mask = C.partition_layout(part, k, size=size)
+    if args.mode == "fa":
+        index, mask, _ = C.fa_layout(X, k, d, shifts=shifts, size=size)
+    else:
+        index, mask = C.partition_layout(part, k, size=size)
     if args.pca_dim < 0:
         raise SystemExit("--pca-dim must be >= 0")
     if args.mode == "ssdpa" and args.pca_dim > 0:
@@ -167,14 +195,14 @@ def run(args) -> dict[str, Any]:
     if args.learning_rate is not None:
         cfg = cfg.replace(learning_rate=args.learning_rate)
 
-    config = {"mode": args.mode, "k": k, "base": base, "preset": args.preset, "dataset": ds.name,
+    config = {"mode": args.mode, "k": k, "d": d, "shifts": None if shifts is None else shifts.tolist(), "base": base, "preset": args.preset, "dataset": ds.name,
               "n_train": int(len(y)), "n_test": int(len(yt)), "padded_size": size, "seed": args.seed,
               "chunk": args.chunk, "pca_dim": args.pca_dim if args.mode == "ssdpa" else None,
               "whiten": (not args.no_whiten) if args.mode == "ssdpa" and args.pca_dim else None,
               "train": cfg.as_dict(), "quick": bool(args.quick)}
     out = _cli.ensure_dir(args.out)
     ckpt = _cli.Checkpoint(out / "checkpoint.npz")
-    votes = np.zeros((k, len(yt)), np.int8 if num_classes <= 127 else np.int32)
+    votes = np.zeros((m, len(yt)), np.int8 if num_classes <= 127 else np.int32)
     done, seconds_before = 0, 0.0
     if args.resume and ckpt.exists():
         state = ckpt.load()
@@ -182,16 +210,16 @@ def run(args) -> dict[str, Any]:
             raise SystemExit(f"--resume: checkpoint {ckpt.path} was written with other settings")
         done, votes = int(state["done"]), np.asarray(state["votes"]).astype(votes.dtype)
         seconds_before = float(state["seconds"])
-        print(f"resuming from {ckpt.path}: {done} of {k} base models done")
+        print(f"resuming from {ckpt.path}: {done} of {m} base models done")
 
     key = jax.random.key(args.seed)
     Xj, yj, Xtj = jnp.asarray(X_in), jnp.asarray(y), jnp.asarray(Xt_in)
-    starts = list(range(done, k, args.chunk))
-    bar = _cli.progress(total=k, initial=done, desc=f"{args.mode} base models", unit="model")
+    starts = list(range(done, m, args.chunk))
+    bar = _cli.progress(total=m, initial=done, desc=f"{args.mode} base models", unit="model")
     t_train = time.perf_counter()
     for s in starts:
-        ids = np.arange(s, min(s + args.chunk, k))
-        if len(ids) < args.chunk and len(ids) != k:  # the last chunk: pad with repeats, one compiled shape
+        ids = np.arange(s, min(s + args.chunk, m))
+        if len(ids) < args.chunk and len(ids) != m:  # the last chunk: pad with repeats, one compiled shape
             ids_run = np.concatenate([ids, np.full(args.chunk - len(ids), ids[-1])])
         else:
             ids_run = ids
@@ -204,7 +232,10 @@ def run(args) -> dict[str, Any]:
     bar.close()
     train_seconds = seconds_before + time.perf_counter() - t_train
 
-    pred, radius = C.certify_votes(jnp.asarray(votes.astype(np.int32)), num_classes)
+    if args.mode == "fa":
+        pred, radius = C.fa_certified_radius(jnp.asarray(votes.astype(np.int32)), num_classes, shifts)
+    else:
+        pred, radius = C.certify_votes(jnp.asarray(votes.astype(np.int32)), num_classes)
     pred, radius = np.asarray(pred), np.asarray(radius)
     radii = np.arange(0, int(radius.max()) + 2)
     curve = np.asarray(C.certified_accuracy(pred, radius, yt, radii))
@@ -212,19 +243,24 @@ def run(args) -> dict[str, Any]:
     clean = float(np.mean(pred == yt))
     base_acc = np.mean(votes == yt[None, :], axis=1)
     paper = PAPER[args.mode]
+    scheme = {"dpa": "DPA (insertions/deletions)", "ssdpa": "SS-DPA (label flips)",
+              "fa": f"Finite Aggregation (insertions/deletions), d = {d}, shifts {shifts.tolist() if shifts is not None else ''}"}
     protocol = (
-        f"{'DPA (insertions/deletions)' if args.mode == 'dpa' else 'SS-DPA (label flips)'} on {ds.name}: "
-        f"hash = pixel sum mod k, k = {k} partitions of {sizes.min()}-{sizes.max()} images (mean "
+        f"{scheme[args.mode]} on {ds.name}: "
+        f"hash = pixel sum mod {'k*d' if args.mode == 'fa' else 'k'}, k = {k}: {m} base learners on "
+        f"{sizes.min()}-{sizes.max()} images (mean "
         f"{sizes.mean():.1f}), padded to {size}; base learner {base} "
         f"({'softmax regression on label-free ' + ('' if args.no_whiten else 'whitened ') + 'PCA-' + str(args.pca_dim) + ' features of all training images' if args.mode == 'ssdpa' and args.pca_dim else 'on the pixels'}), "
         f"{cfg.optimizer} lr {cfg.learning_rate:g}, {cfg.epochs} epochs of batch {cfg.batch_size}, weight decay "
         f"{cfg.weight_decay:g}; {len(yt)} test images; plurality vote, ties to the smaller class; radius "
-        f"floor((n_c - max_c'(n_c' + [c' < c])) / 2)."
+        + ("the largest r whose r heaviest buckets (votes they can move) sum to at most the vote gap "
+              "(Wang et al. 2022)." if args.mode == "fa"
+           else "floor((n_c - max_c'(n_c' + [c' < c])) / 2).")
         + ("" if base == "nin" else " A cheap base learner (CPU protocol): the paper's NiN base classifiers are "
            "much more accurate, hence its larger radii.")
     )
     results = {
-        "experiment": "levine2021", "mode": args.mode, "dataset": ds.name, "data_note": data_note,
+        "experiment": "wang2022" if args.mode == "fa" else "levine2021", "mode": args.mode, "dataset": ds.name, "data_note": data_note,
         "config": config, "protocol": protocol,
         "radius": radii.tolist(), "certified_accuracy": curve.tolist(),
         "clean_accuracy": clean, "median_certified": median,
@@ -238,19 +274,21 @@ def run(args) -> dict[str, Any]:
     if not args.no_plots:
         plt = _cli.pyplot()
         fig, ax = plt.subplots(figsize=(5.5, 3.6))
-        ax.plot(radii, curve, label=f"ours ({base}, k={k})")
+        ax.plot(radii, curve, label=f"ours ({base}, k={k}{f', d={d}' if args.mode == 'fa' else ''})")
         ax.axhline(0.5, color="grey", lw=0.6, ls=":")
-        ax.scatter([paper["median_certified"]], [0.5], marker="x", color="C3",
-                   label=f"paper median ({paper['median_certified']}, k={paper['k']})")
+        if paper["median_certified"] is not None:
+            ax.scatter([paper["median_certified"]], [0.5], marker="x", color="C3",
+                       label=f"paper median ({paper['median_certified']}, k={paper['k']})")
         ax.set_xlabel("label flips" if args.mode == "ssdpa" else "poisoned samples (insertions + deletions)")
         ax.set_ylabel("certified accuracy")
-        ax.set_title(f"{'SS-DPA' if args.mode == 'ssdpa' else 'DPA'} on {ds.name}")
+        ax.set_title(f"{ {'dpa': 'DPA', 'ssdpa': 'SS-DPA', 'fa': 'Finite Aggregation'}[args.mode]} on {ds.name}")
         ax.set_ylim(0, 1)
         ax.legend(fontsize=8)
         _cli.save_figure(fig, out / "certified_accuracy.png")
     rows = [["ours", base, k, f"{clean:.4f}", median],
             ["paper", paper["base"], paper["k"], f"{paper.get('clean_accuracy', float('nan')):.4f}"
-             if "clean_accuracy" in paper else "-", paper["median_certified"]]]
+             if "clean_accuracy" in paper else "-",
+             paper["median_certified"] if paper["median_certified"] is not None else paper.get("claim", "-")]]
     print(protocol)
     if data_note:
         print(f"note: {data_note}")

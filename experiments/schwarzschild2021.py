@@ -50,7 +50,6 @@ import dataclasses
 import functools
 import hashlib
 import time
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np

@@ -162,9 +162,7 @@ def run(args) -> dict[str, Any]:
     from poisoning.certify import steinhardt as S
 
     t0 = time.perf_counter()
-    eps_grid = sorted(set(float(e) for e in args.eps))
-    if not eps_grid or not all(0.0 < e < 1.0 for e in eps_grid):
-        raise SystemExit(f"--eps must be values in (0, 1), got {args.eps}")
+    eps_grid = _cli.parse_fractions(args.eps)
     if not (args.rho_squared > 0 and math.isfinite(args.rho_squared)):
         raise SystemExit(f"--rho-squared must be > 0, got {args.rho_squared}")
     steps = args.steps if args.steps is not None else (300 if args.quick else DEFAULT_STEPS)

@@ -24,7 +24,9 @@ of the one driver (:func:`poisoning.attack.run`).
 - :mod:`~poisoning.attacks.huang2020` — MetaPoison (Adam through unrolled training steps of an ensemble
   at staggered epochs);
 - :mod:`~poisoning.attacks.cina2022` — sponge poisoning (a training step that raises the activation
-  density: energy and latency on sparsity-aware hardware).
+  density: energy and latency on sparsity-aware hardware);
+- :mod:`~poisoning.attacks.adaptive` — defense-aware attacks: the sanitizer's region as the feasible set,
+  or the candidates it keeps (one door for every attack and defense, ``adaptive_attack``).
 
 The last three are feature-space attacks on transfer learning (:mod:`poisoning.transfer`): a loss on
 the poisons' features, an optional inner problem, an l_inf ball around the bases, the core's leader loop.
@@ -37,7 +39,7 @@ import importlib
 
 __all__ = ["biggio2012", "munoz2017", "label_flip", "koh2022", "jagielski2018", "solans2020", "subpopulation",
            "koh2017", "shafahi2018", "zhu2019", "aghakhani2021", "geiping2021", "souri2022", "huang2020", "cina2022",
-           "gu2017", "chen2017", "turner2019", "saha2020"]
+           "gu2017", "chen2017", "turner2019", "saha2020", "adaptive"]
 
 
 def __getattr__(name):

@@ -33,7 +33,7 @@ import numpy as np
 from poisoning import triggers
 from poisoning.backdoor import attack_success, backdoor_labels, check_backdoor, eligible
 
-__all__ = ["PoisonedSet", "poison_dataset", "attack_success"]
+__all__ = ["PoisonedSet", "poison_dataset", "attack_success", "check_image_set", "replace_rows"]
 
 
 class PoisonedSet(NamedTuple):
@@ -50,6 +50,29 @@ class PoisonedSet(NamedTuple):
     labels: np.ndarray
     is_poison: np.ndarray
     source_index: np.ndarray
+
+
+def check_image_set(images, labels) -> tuple[np.ndarray, np.ndarray]:
+    """``(images, labels)`` as numpy arrays after checking that ``images`` is ``(n, H, W, C)`` floats and
+    ``labels`` ``(n,)`` integers (the clean-label attacks' inputs)."""
+    x = np.asarray(images)
+    y = np.asarray(labels)
+    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
+        raise ValueError(f"argument 'images' must be (n, H, W, C) floats in [0, 1], got {x.shape} {x.dtype}")
+    if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer):
+        raise ValueError(f"argument 'labels' must be ({len(x)},) integers, got {y.shape} {y.dtype}")
+    return x, y
+
+
+def replace_rows(images, labels, rows, new_images) -> PoisonedSet:
+    """The clean-label poisoned set: ``images[rows]`` replaced in place by ``new_images`` (cast to the
+    images' dtype), labels unchanged, ``is_poison`` true exactly on ``rows``."""
+    x = np.asarray(images)
+    xs = x.copy()
+    xs[rows] = np.asarray(new_images).astype(x.dtype)
+    is_poison = np.zeros(len(x), bool)
+    is_poison[rows] = True
+    return PoisonedSet(xs, np.asarray(labels).copy(), is_poison, np.arange(len(x)))
 
 
 def poison_dataset(key, images, labels, trigger, rate: float, *, target=None, mode: str = "single", source=None,

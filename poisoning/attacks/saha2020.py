@@ -44,7 +44,7 @@ import numpy as np
 import optax
 
 from poisoning import triggers
-from poisoning.attacks.gu2017 import PoisonedSet
+from poisoning.attacks.gu2017 import PoisonedSet, check_image_set, replace_rows
 from poisoning.attacks.turner2019 import target_indices
 
 __all__ = ["HiddenTriggerConfig", "HiddenTriggerPoisons", "patch_at", "patch_at_random", "pair_nearest",
@@ -242,19 +242,10 @@ def poison_dataset(key, feature_fn: Callable, variables, images, labels, patch: 
     class ``target`` replaced in place by :func:`craft` ed poisons against the patched images of
     ``source`` (default: every other class) of the same training set; labels unchanged, no trigger in
     the set. Returns the set and the crafting record."""
-    x = np.asarray(images)
-    y = np.asarray(labels)
-    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"argument 'images' must be (n, H, W, C) floats in [0, 1], got {x.shape} {x.dtype}")
-    if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"argument 'labels' must be ({len(x)},) integers, got {y.shape} {y.dtype}")
+    x, y = check_image_set(images, labels)
     m = int(round(config.rate * len(x))) if n_poison is None else n_poison
     k_choose, k_craft = jax.random.split(key)
     chosen = target_indices(k_choose, y, target, m, num_classes)
     src = source_indices(y, source, target, num_classes)
     out = craft(feature_fn, variables, x[chosen], x[src], patch, k_craft, config)
-    xs = x.copy()
-    xs[chosen] = np.asarray(out.poisons).astype(x.dtype)
-    is_poison = np.zeros(len(x), bool)
-    is_poison[chosen] = True
-    return PoisonedSet(xs, y.copy(), is_poison, np.arange(len(x))), out
+    return replace_rows(x, y, chosen, out.poisons), out

@@ -42,7 +42,7 @@ import numpy as np
 import optax
 
 from poisoning import triggers
-from poisoning.attacks.gu2017 import PoisonedSet
+from poisoning.attacks.gu2017 import PoisonedSet, check_image_set, replace_rows
 
 __all__ = ["CleanLabelConfig", "adversarial_loss", "input_gradient", "perturb", "corner_trigger",
            "apply_trigger", "poison_dataset", "target_indices", "eval_trigger"]
@@ -235,24 +235,14 @@ def poison_dataset(key, apply_fn: Callable, variables, images, labels, config: C
     """Turner et al.'s poisoned training set: ``n_poison`` (default ``round(config.rate * n)``) images of
     class ``target``, perturbed by :func:`perturb` on the surrogate and stamped with the trigger of
     ``config`` (amplitude ``config.amplitude``), replaced in place; labels unchanged."""
-    x = np.asarray(images)
-    y = np.asarray(labels)
-    if x.ndim != 4 or not np.issubdtype(x.dtype, np.floating):
-        raise ValueError(f"argument 'images' must be (n, H, W, C) floats in [0, 1], got {x.shape} {x.dtype}")
-    if y.shape != x.shape[:1] or not np.issubdtype(y.dtype, np.integer):
-        raise ValueError(f"argument 'labels' must be ({len(x)},) integers, got {y.shape} {y.dtype}")
+    x, y = check_image_set(images, labels)
     m = int(round(config.rate * len(x))) if n_poison is None else n_poison
     k_choose, k_pgd = jax.random.split(key)
     chosen = target_indices(k_choose, y, target, m, num_classes)
     adv = perturb(apply_fn, variables, x[chosen], y[chosen], config, key=k_pgd)
     trig = corner_trigger(x.shape[-1], amplitude=config.amplitude, corners=config.corners, size=config.size,
                           margin=config.margin)
-    stamped = np.asarray(apply_trigger(trig, adv)).astype(x.dtype)
-    xs = x.copy()
-    xs[chosen] = stamped
-    is_poison = np.zeros(len(x), bool)
-    is_poison[chosen] = True
-    return PoisonedSet(xs, y.copy(), is_poison, np.arange(len(x)))
+    return replace_rows(x, y, chosen, apply_trigger(trig, adv))
 
 
 def eval_trigger(channels: int, config: CleanLabelConfig = CleanLabelConfig()) -> tuple[triggers.Patch, ...]:

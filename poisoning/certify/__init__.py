@@ -5,6 +5,10 @@
 - :mod:`~poisoning.certify.aggregate`: the plurality vote (ties to the smaller class) and the DPA /
   SS-DPA certified radius :math:`\\lfloor (n_c - \\max_{c' \\ne c}(n_{c'} + [c' < c]))/2 \\rfloor`,
   certified accuracy and median certified robustness;
+- :mod:`~poisoning.certify.finite_aggregation`: Finite Aggregation (each sample in d of k*d base learners)
+  and its certificate;
+- :mod:`~poisoning.certify.label_flip_smoothing`: randomized smoothing over label flips (Rosenfeld et al.
+  2020), the Neyman-Pearson radius and a Chernoff-bounded ridge classifier;
 - :mod:`~poisoning.certify.dpa`: the k base learners (logistic, LeNet-5, NiN) trained at once with
   ``jax.vmap`` by :mod:`poisoning.training`, and the label-free PCA representation of SS-DPA.
 
@@ -74,3 +78,27 @@ from poisoning.certify import steinhardt  # noqa: E402
 from poisoning.certify.steinhardt import CertifyConfig, certify, certify_sweep, oracle_region  # noqa: E402
 
 __all__ += ["steinhardt", "CertifyConfig", "certify", "certify_sweep", "oracle_region"]
+
+# Finite Aggregation (Wang, Levine & Feizi 2022)
+from poisoning.certify import finite_aggregation  # noqa: E402
+from poisoning.certify.finite_aggregation import (  # noqa: E402
+    bucket_learners,
+    fa_certified_radius,
+    fa_layout,
+    spread_shifts,
+)
+
+__all__ += ["finite_aggregation", "spread_shifts", "bucket_learners", "fa_layout", "fa_certified_radius"]
+
+# label-flip randomized smoothing (Rosenfeld et al. 2020)
+from poisoning.certify import label_flip_smoothing  # noqa: E402
+from poisoning.certify.label_flip_smoothing import (  # noqa: E402
+    certify_linear,
+    chernoff_bounds,
+    flip_radius,
+    required_probability,
+    ridge_label_weights,
+)
+
+__all__ += ["label_flip_smoothing", "required_probability", "flip_radius", "ridge_label_weights", "chernoff_bounds",
+            "certify_linear"]

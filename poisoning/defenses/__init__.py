@@ -17,6 +17,7 @@
 from poisoning.defenses import evaluate, regions, sanitizers
 from poisoning.defenses.evaluate import (
     DEFENSES,
+    KOH_DEFENSES,
     evaluate_defenses,
     expand_copies,
     fit_poisoned,

@@ -5,7 +5,8 @@ For every class :math:`c`:
 
 1. fit Gaussian mixtures with full covariances to the class's features (optionally projected on their
    first ``n_dims`` principal components, see below) with :math:`K = 1, 2, \dots` components, growing
-   :math:`K` until the BIC stops improving, and keep the best;
+   :math:`K` until the BIC stops improving (``bic_patience`` failures in a row; the author's code
+   allows two), and keep the best;
 2. assign every sample to its maximum a posteriori component;
 3. for every cluster :math:`k`, blur its images (by default a 2x2 average filter) and let
    :math:`p_k` be the fraction of them whose predicted class is unchanged by the blur; the cluster's
@@ -96,22 +97,29 @@ def impurity(unchanged) -> float:
 
 
 def fit_gmm_bic(Z, *, max_components: int = 10, seed: int = 0, covariance_type: str = "full",
-                reg_covar: float = 1e-4, init_params: str = "k-means++"):
-    """Fit ``GaussianMixture`` with 1, 2, ... components until the BIC stops improving (or
-    ``max_components``); returns ``(best_model, bics)``. ``init_params``: scikit-learn's
-    initialization of the responsibilities (``"k-means++"`` seeds, no Lloyd iterations)."""
+                reg_covar: float = 1e-4, init_params: str = "k-means++", patience: int = 1):
+    """Fit ``GaussianMixture`` with 1, 2, ... components until the BIC has failed to improve on the best
+    so far ``patience`` times in a row (or ``max_components``); returns ``(best_model, bics)``, the model
+    of lowest BIC. ``patience=2`` is the author's released code (grow until the BIC fails twice).
+    ``init_params``: scikit-learn's initialization of the responsibilities (``"k-means++"`` seeds, no
+    Lloyd iterations)."""
     from sklearn.mixture import GaussianMixture
 
-    best, bics = None, []
+    if not isinstance(patience, int) or patience < 1:
+        raise ValueError(f"argument 'patience' must be an int >= 1, got {patience!r}")
+    best, best_bic, bics, fails = None, math.inf, [], 0
     for k in range(1, min(max_components, len(Z)) + 1):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             gmm = GaussianMixture(k, covariance_type=covariance_type, reg_covar=reg_covar, random_state=seed,
                                   init_params=init_params, n_init=1).fit(Z)
         bics.append(float(gmm.bic(Z)))
-        if best is not None and bics[-1] >= bics[-2]:
-            break
-        best = gmm
+        if bics[-1] < best_bic:
+            best, best_bic, fails = gmm, bics[-1], 0
+        else:
+            fails += 1
+            if fails >= patience:
+                break
     return best, bics
 
 
@@ -129,7 +137,7 @@ def _project(F: np.ndarray, fit_rows: np.ndarray, n_dims: int | None, seed: int)
 def cluster_impurity(features, labels, images, predict_fn: Callable, *, threshold: float = 0.5,
                      image_filter: Callable | None = None, n_dims: int | None = 10, max_components: int = 10,
                      min_cluster: int = 1, fit_samples: int | None = 2000, seed: int = 0,
-                     batch_size: int = 1000) -> Detection:
+                     batch_size: int = 1000, bic_patience: int = 1) -> Detection:
     """Flag the samples of every cluster whose impurity exceeds ``threshold`` (see the module docstring).
 
     Args:
@@ -146,6 +154,8 @@ def cluster_impurity(features, labels, images, predict_fn: Callable, *, threshol
         of a class, then assign every sample (``None``: all; a CPU-time knob, the paper fits all).
       seed: seeds PCA, the subsample and the mixtures.
       batch_size: images per call of ``predict_fn``.
+      bic_patience: the mixture search stops after the BIC failed to improve this many times in a row
+        (1: at the first failure; 2: the author's code).
     """
     F, y = check_features(features, labels)
     if len(images) != len(y):
@@ -179,7 +189,7 @@ def cluster_impurity(features, labels, images, predict_fn: Callable, *, threshol
         if fit_samples is not None and len(idx) > fit_samples:
             fit_rows = np.sort(np.random.default_rng(seed).choice(len(idx), fit_samples, replace=False))
         Z, project = _project(F[idx], fit_rows, n_dims, seed)
-        gmm, bics = fit_gmm_bic(Z[fit_rows], max_components=max_components, seed=seed)
+        gmm, bics = fit_gmm_bic(Z[fit_rows], max_components=max_components, seed=seed, patience=bic_patience)
         assign = gmm.predict(Z)
         clusters = []
         for k in range(gmm.n_components):

@@ -1,6 +1,9 @@
 r"""Evaluating a poison against the data-sanitization defenses (Koh, Steinhardt & Liang 2022, Sec. 5).
 
-For each defense of :mod:`poisoning.defenses.sanitizers` (sphere, slab, loss, k-NN): fit it on the
+For each defense of :mod:`poisoning.defenses.sanitizers` (sphere, slab, loss, k-NN) and the newer ones
+(SEVER, :mod:`~poisoning.defenses.sever`; RONI, :mod:`~poisoning.defenses.roni`; the k-NN label
+sanitization of Paudice et al. 2018, :mod:`~poisoning.defenses.label_sanitization`; the SVD sanitizer of
+Koh et al. 2022, :mod:`~poisoning.defenses.svd`): fit it on the
 *poisoned* training set (the data-dependent defense), remove the top ``fraction`` of each class by its
 score (:meth:`~poisoning.defenses.sanitizers.SphereDefense.sanitize`), retrain the victim on what is kept
 (removed points get weight 0, so every defense reuses one compiled fit) and measure the victim's test
@@ -11,6 +14,17 @@ point under the victim retrained on the poisoned set, by the victim's own per-ex
 ``loss_score`` — :func:`hinge_score` for Koh et al.'s hinge-loss defense (the smoothed hinge of
 :func:`~poisoning.victims.smooth_svm` ranks the points of zero hinge differently). Labels are classes
 ``0..K-1``.
+
+How the newer defenses enter the same protocol: ``sever`` removes ``round(fraction * n)`` points in all over
+``sever_rounds`` rounds (a global budget, :func:`~poisoning.defenses.sever.sever`; the victim is its model);
+``roni`` removes the top ``fraction`` of each class by the impact of each point on small models trained on
+random base sets of the pool (``roni_trials`` draws of ``roni_base`` = 20 base and ``roni_val`` = 50
+validation points, fewer for pools under 71 points; the victim is the learner); ``svd`` removes the top
+``fraction`` of each class by the residual outside the top-``rank``
+subspace; ``label_sanitization`` is the paper's defense, not a removal: every point whose ``label_k`` nearest
+neighbours hold another label with a fraction of at least ``label_eta`` is relabelled
+(:func:`~poisoning.defenses.label_sanitization.knn_relabel`) and the victim retrains on the relabelled set
+(a relabelled poison copy counts as removed in ``poison_kept``).
 """
 
 from __future__ import annotations
@@ -23,13 +37,18 @@ import numpy as np
 import optax
 
 from bilevel import ConvergenceError
+from poisoning.defenses.label_sanitization import KNNLabelSanitizer, knn_relabel
+from poisoning.defenses.roni import RONIDefense
 from poisoning.defenses.sanitizers import KNNDefense, LossDefense, SlabDefense, SphereDefense
+from poisoning.defenses.sever import SeverDefense
+from poisoning.defenses.svd import SVDDefense
 from poisoning.victims.base import check_weights
 
-__all__ = ["DEFENSES", "fit_victim", "fit_poisoned", "hinge_score", "expand_copies", "make_defense",
+__all__ = ["DEFENSES", "KOH_DEFENSES", "fit_victim", "fit_poisoned", "hinge_score", "expand_copies", "make_defense",
            "sanitize_and_train", "evaluate_defenses"]
 
-DEFENSES = ("sphere", "slab", "loss", "knn")
+DEFENSES = ("sphere", "slab", "loss", "knn", "sever", "roni", "label_sanitization", "svd")
+KOH_DEFENSES = ("sphere", "slab", "loss", "knn")   # the default of evaluate_defenses (Koh et al.'s four)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -120,11 +139,16 @@ def expand_copies(X_clean, y_clean, poison):
     return X, y, np.r_[np.zeros(len(y_clean), bool), np.ones(len(yp), bool)]
 
 
-def make_defense(name: str, victim, *, k: int = 5, warm_start=None, loss_score=None):
+def make_defense(name: str, victim, *, k: int = 5, warm_start=None, loss_score=None, rank: int = 10,
+                 sever_rounds: int = 4, roni_trials: int = 5, roni_base: int = 20, roni_val: int = 50,
+                 label_k: int = 10, label_eta: float = 0.5, seed: int = 0):
     """The sanitizer ``name`` (one of :data:`DEFENSES`) for ``victim``'s classes. The loss defense trains
     ``victim`` (from ``warm_start``) on the data it is fit on and scores each point by
     ``loss_score(victim, params, X, y) -> (n,)`` (default: the victim's per-example loss; Koh et al. use
-    the hinge, :func:`hinge_score`)."""
+    the hinge, :func:`hinge_score`). SEVER and RONI use ``victim`` as their model (``sever_rounds`` rounds;
+    ``roni_trials`` draws of ``roni_base`` base and ``roni_val`` validation points, ``seed``); SVD keeps the
+    top ``rank`` directions (at most ``d - 1``, applied when
+    fit); label sanitization votes among ``label_k`` neighbours with threshold ``label_eta``."""
     K = victim.n_classes
     if name == "sphere":
         return SphereDefense(num_classes=K)
@@ -132,6 +156,14 @@ def make_defense(name: str, victim, *, k: int = 5, warm_start=None, loss_score=N
         return SlabDefense(num_classes=K)
     if name == "knn":
         return KNNDefense(k=k, num_classes=K)
+    if name == "sever":
+        return SeverDefense(victim, rounds=int(sever_rounds))
+    if name == "roni":
+        return RONIDefense(victim, n_base=int(roni_base), n_val=int(roni_val), trials=int(roni_trials), seed=int(seed))
+    if name == "label_sanitization":
+        return KNNLabelSanitizer(k=int(label_k), eta=float(label_eta), num_classes=K)
+    if name == "svd":
+        return SVDDefense(rank=int(rank), num_classes=K)
     if name == "loss":
         score = (lambda v, p, X, y: v.loss_fn(p, X, v.encode(y, X.dtype))) if loss_score is None else loss_score
 
@@ -144,22 +176,36 @@ def make_defense(name: str, victim, *, k: int = 5, warm_start=None, loss_score=N
 
 
 def sanitize_and_train(victim, X, y, defense: str, fraction: float, *, k: int = 5, warm_start=None,
-                       loss_score=None):
-    """Fit ``defense`` on ``(X, y)``, drop the top ``fraction`` of each class, retrain ``victim`` on the rest
-    (removed rows get weight 0; started at ``warm_start``). Returns ``(params, keep_mask)``."""
-    defense = make_defense(defense, victim, k=k, warm_start=warm_start, loss_score=loss_score)
-    keep, _ = defense.sanitize(np.asarray(X), np.asarray(y), fraction)
+                       loss_score=None, **defense_kw):
+    """Fit ``defense`` on ``(X, y)``, drop the top ``fraction`` of each class (SEVER: of all points),
+    retrain ``victim`` on the rest (removed rows get weight 0; started at ``warm_start``). Label sanitization
+    relabels instead (``fraction`` unused) and retrains on the relabelled set. Returns ``(params, keep_mask)``
+    (label sanitization: ``keep`` = not relabelled). ``defense_kw``: :func:`make_defense`'s settings."""
+    X, y = np.asarray(X), np.asarray(y)
+    if defense == "svd":             # a rank-d subspace leaves no residual
+        defense_kw = {**defense_kw, "rank": min(int(defense_kw.get("rank", 10)), X.shape[1] - 1)}
+    if defense == "roni":            # small pools: at most a third in the base, the validation set from the rest
+        n_base = min(int(defense_kw.get("roni_base", 20)), max(2, len(y) // 3))
+        defense_kw = {**defense_kw, "roni_base": n_base,
+                      "roni_val": min(int(defense_kw.get("roni_val", 50)), len(y) - n_base)}
+    sanitizer = make_defense(defense, victim, k=k, warm_start=warm_start, loss_score=loss_score, **defense_kw)
+    if defense == "label_sanitization":
+        res = knn_relabel(X, y, sanitizer.k, sanitizer.eta, num_classes=victim.n_classes)
+        labels = np.asarray(res.labels)
+        return fit_victim(victim, X, labels, warm_start=warm_start), ~np.asarray(res.changed)
+    keep, _ = sanitizer.sanitize(X, y, fraction)
     keep = np.asarray(keep)
     return fit_victim(victim, X, y, keep.astype(float), warm_start=warm_start), keep
 
 
-def evaluate_defenses(victim, X_clean, y_clean, X_test, y_test, attacks: dict, *, defenses=DEFENSES,
-                      fraction: float = 0.05, k: int = 5, loss_score=None) -> list[dict]:
+def evaluate_defenses(victim, X_clean, y_clean, X_test, y_test, attacks: dict, *, defenses=KOH_DEFENSES,
+                      fraction: float = 0.05, k: int = 5, loss_score=None, **defense_kw) -> list[dict]:
     """One row per defense: ``clean_error`` (the victim trained on clean data) and, for every
     ``name -> poison`` of ``attacks`` (:class:`~poisoning.attack.PoisonPoints` or attack results),
     ``NAME_no_defense`` and ``NAME_with_defense`` (test 0-1 error without / after the defense) and
     ``NAME_poison_kept`` (the fraction of poison copies the sanitizer keeps). ``k``: the k-NN defense's
-    neighbours; ``loss_score``: the loss defense's score (:func:`make_defense`)."""
+    neighbours; ``loss_score``: the loss defense's score; ``defense_kw``: the settings of the newer
+    defenses (:func:`make_defense`). ``defenses``: any of :data:`DEFENSES` (default Koh et al.'s four)."""
     if not 0.0 <= fraction < 1.0:
         raise ValueError(f"argument 'fraction' must be in [0, 1), got {fraction!r}")
     for name in defenses:
@@ -176,7 +222,7 @@ def evaluate_defenses(victim, X_clean, y_clean, X_test, y_test, attacks: dict, *
         row = {"defense": defense, "clean_error": clean_err}
         for name, (Xs, ys, is_poison) in sets.items():
             params, keep = sanitize_and_train(victim, Xs, ys, defense, fraction, k=k, warm_start=clean,
-                                              loss_score=loss_score)
+                                              loss_score=loss_score, **defense_kw)
             row[f"{name}_no_defense"] = nodef[name]
             row[f"{name}_with_defense"] = _error(victim, params, X_test, y_test)
             row[f"{name}_poison_kept"] = float(keep[is_poison].mean()) if is_poison.any() else 1.0

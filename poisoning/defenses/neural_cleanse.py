@@ -36,7 +36,6 @@ Identifying and Mitigating Backdoor Attacks in Neural Networks*, IEEE S&P 2019 (
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import jax
@@ -45,9 +44,10 @@ import numpy as np
 import optax
 
 from poisoning import triggers
+from poisoning.defenses._inputs import check_images, check_number, check_positive_int
 from poisoning.defenses.strip import numpy_rng
 from poisoning.training.config import TrainConfig
-from poisoning.training.loop import as_float_images, train
+from poisoning.training.loop import train
 from poisoning.training.state import TrainState, reset_optimizer, variables
 
 __all__ = [
@@ -64,21 +64,7 @@ __all__ = [
 ]
 
 MAD_CONSISTENCY = 1.4826
-
-
-def _number(name, value, *, positive=False, unit=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value):
-        raise ValueError(f"NeuralCleanseConfig.{name} must be a finite number, got {value!r}")
-    if positive and value <= 0:
-        raise ValueError(f"NeuralCleanseConfig.{name} must be > 0, got {value!r}")
-    if unit and not 0 < value <= 1:
-        raise ValueError(f"NeuralCleanseConfig.{name} must be in (0, 1], got {value!r}")
-
-
-def _int(name, value):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"NeuralCleanseConfig.{name} must be an int >= 1, got {value!r}")
+_OWNER = "NeuralCleanseConfig"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,15 +100,16 @@ class NeuralCleanseConfig:
 
     def __post_init__(self):
         for name in ("rounds", "steps_per_round", "batch_size", "patience"):
-            _int(name, getattr(self, name))
-        _number("learning_rate", self.learning_rate, positive=True)
-        _number("init_cost", self.init_cost, positive=True)
-        _number("attack_success_threshold", self.attack_success_threshold, unit=True)
-        _number("cost_multiplier", self.cost_multiplier, positive=True)
+            check_positive_int(name, getattr(self, name), owner=_OWNER)
+        check_number("learning_rate", self.learning_rate, low=0, open_low=True, owner=_OWNER)
+        check_number("init_cost", self.init_cost, low=0, open_low=True, owner=_OWNER)
+        check_number("attack_success_threshold", self.attack_success_threshold, low=0, high=1, open_low=True,
+                     owner=_OWNER)
+        check_number("cost_multiplier", self.cost_multiplier, low=0, open_low=True, owner=_OWNER)
         if self.cost_multiplier <= 1:
             raise ValueError(f"NeuralCleanseConfig.cost_multiplier must be > 1, got {self.cost_multiplier!r}")
-        _number("anomaly_threshold", self.anomaly_threshold, positive=True)
-        _number("unlearn_fraction", self.unlearn_fraction, unit=True)
+        check_number("anomaly_threshold", self.anomaly_threshold, low=0, open_low=True, owner=_OWNER)
+        check_number("unlearn_fraction", self.unlearn_fraction, low=0, high=1, open_low=True, owner=_OWNER)
         if not isinstance(self.unlearn, TrainConfig):
             raise TypeError(f"NeuralCleanseConfig.unlearn must be a TrainConfig, got {type(self.unlearn).__name__}")
 
@@ -279,25 +266,6 @@ def _success(model, variables_, x, masks, patterns, labels, batch_size):
     return jax.lax.map(per_label, (masks, patterns, labels))
 
 
-def _check_images(x, name):
-    x = jnp.asarray(x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(f"argument {name!r} must be images (n, H, W, C) or (n, H, W), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"argument {name!r} holds no images")
-    x = as_float_images(x, jnp.float32)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        raise TypeError(f"argument {name!r} must hold float pixels in [0, 1] or uint8, got {x.dtype}")
-    xa = np.asarray(x)
-    if not np.all(np.isfinite(xa)):
-        raise ValueError(f"argument {name!r} contains NaN or inf")
-    if xa.min() < 0 or xa.max() > 1:
-        raise ValueError(f"argument {name!r} must hold pixels in [0, 1], found [{xa.min():.4g}, {xa.max():.4g}]")
-    return x
-
-
 def _num_classes(model, num_classes):
     k = getattr(model, "num_classes", None) if num_classes is None else num_classes
     if not isinstance(k, (int, np.integer)) or isinstance(k, bool) or k < 2:
@@ -312,7 +280,7 @@ def reverse_engineer(model, state, x_clean, key, config: NeuralCleanseConfig = N
     ``x_clean`` (module docstring). ``attack_success`` is measured on all of ``x_clean``."""
     if not isinstance(config, NeuralCleanseConfig):
         raise TypeError(f"argument 'config' must be a NeuralCleanseConfig, got {type(config).__name__}")
-    x = _check_images(x_clean, "x_clean")
+    x = check_images(x_clean, "x_clean")
     K = _num_classes(model, num_classes)
     labels = np.arange(K) if labels is None else np.asarray(labels)
     if labels.ndim != 1 or labels.size == 0 or not np.issubdtype(labels.dtype, np.integer) \
@@ -375,7 +343,7 @@ def unlearn(model, state: TrainState, x_clean, y_clean, result: NeuralCleanseRes
     labels = result.flagged_labels if labels is None else [int(t) for t in np.atleast_1d(labels)]
     if not labels:
         return state
-    x = _check_images(x_clean, "x_clean")
+    x = check_images(x_clean, "x_clean")
     y = np.asarray(y_clean)
     if y.shape != (x.shape[0],) or not np.issubdtype(y.dtype, np.integer):
         raise ValueError(f"argument 'y_clean' must be ({x.shape[0]},) integer labels, got {y.shape} {y.dtype}")

@@ -33,13 +33,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from poisoning.defenses._inputs import check_images, check_number, check_positive_int
 from poisoning.training.loop import as_float_images
 from poisoning.training.state import variables
 
@@ -47,21 +47,6 @@ __all__ = ["StripConfig", "StripResult", "strip_entropy", "strip_threshold", "st
            "THRESHOLDS"]
 
 THRESHOLDS = ("quantile", "normal")
-
-
-def _finite_number(name, value, *, low=None, high=None, open_low=False):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)) \
-            or not math.isfinite(value):
-        raise ValueError(f"argument {name!r} must be a finite number, got {value!r}")
-    if low is not None and (value < low or (open_low and value == low)):
-        raise ValueError(f"argument {name!r} must be {'>' if open_low else '>='} {low}, got {value!r}")
-    if high is not None and value > high:
-        raise ValueError(f"argument {name!r} must be <= {high}, got {value!r}")
-
-
-def _positive_int(name, value):
-    if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"argument {name!r} must be an int >= 1, got {value!r}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,15 +69,15 @@ class StripConfig:
     batch_size: int = 20
 
     def __post_init__(self):
-        _positive_int("n_overlays", self.n_overlays)
-        _finite_number("frr", self.frr, low=0, high=1, open_low=True)
+        check_positive_int("n_overlays", self.n_overlays)
+        check_number("frr", self.frr, low=0, high=1, open_low=True)
         if self.frr >= 1:
             raise ValueError(f"argument 'frr' must be in (0, 1), got {self.frr!r}")
-        _finite_number("input_weight", self.input_weight, low=0, open_low=True)
-        _finite_number("overlay_weight", self.overlay_weight, low=0, open_low=True)
+        check_number("input_weight", self.input_weight, low=0, open_low=True)
+        check_number("overlay_weight", self.overlay_weight, low=0, open_low=True)
         if self.threshold not in THRESHOLDS:
             raise ValueError(f"argument 'threshold' must be one of {THRESHOLDS}, got {self.threshold!r}")
-        _positive_int("batch_size", self.batch_size)
+        check_positive_int("batch_size", self.batch_size)
 
 
 class StripResult(NamedTuple):
@@ -117,27 +102,6 @@ class StripResult(NamedTuple):
     entropy_triggered: np.ndarray
     flagged_clean: np.ndarray
     flagged_triggered: np.ndarray
-
-
-def _check_images(x, name: str, like=None):
-    x = jnp.asarray(x)
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim != 4:
-        raise ValueError(f"argument {name!r} must be images (n, H, W, C) or (n, H, W), got shape {x.shape}")
-    if x.shape[0] == 0:
-        raise ValueError(f"argument {name!r} holds no images")
-    if like is not None and x.shape[1:] != like.shape[1:]:
-        raise ValueError(f"argument {name!r} has images of shape {x.shape[1:]}, the overlays {like.shape[1:]}")
-    if not isinstance(x, jax.core.Tracer):
-        if jnp.issubdtype(x.dtype, jnp.floating):
-            xa = np.asarray(x)
-            if not np.all(np.isfinite(xa)):
-                raise ValueError(f"argument {name!r} contains NaN or inf")
-            if xa.min() < 0 or xa.max() > 1:
-                raise ValueError(f"argument {name!r} must hold pixels in [0, 1], found [{xa.min():.4g}, "
-                                 f"{xa.max():.4g}]")
-    return x
 
 
 def numpy_rng(key) -> np.random.Generator:
@@ -195,12 +159,12 @@ def strip_entropy(model, state, x, overlays, key, *, n_overlays: int = 100, inpu
         ``m >= n_overlays``.
       key: ``jax.random`` key drawing the overlays of each input.
     """
-    _positive_int("n_overlays", n_overlays)
-    _positive_int("batch_size", batch_size)
-    _finite_number("input_weight", input_weight, low=0, open_low=True)
-    _finite_number("overlay_weight", overlay_weight, low=0, open_low=True)
-    overlays = _check_images(overlays, "overlays")
-    x = _check_images(x, "x", like=overlays)
+    check_positive_int("n_overlays", n_overlays)
+    check_positive_int("batch_size", batch_size)
+    check_number("input_weight", input_weight, low=0, open_low=True)
+    check_number("overlay_weight", overlay_weight, low=0, open_low=True)
+    overlays = check_images(overlays, "overlays")
+    x = check_images(x, "x", like=overlays)
     if overlays.shape[0] < n_overlays:
         raise ValueError(f"argument 'overlays' has {overlays.shape[0]} images, fewer than n_overlays={n_overlays}")
     dtype = jnp.float32 if not jnp.issubdtype(x.dtype, jnp.floating) else x.dtype
@@ -220,7 +184,7 @@ def strip_threshold(calibration_entropy, frr: float = 0.01, method: str = "quant
         raise ValueError(f"argument 'calibration_entropy' must be 1-D with >= 2 values, got shape {h.shape}")
     if not np.all(np.isfinite(h)):
         raise ValueError("argument 'calibration_entropy' contains NaN or inf")
-    _finite_number("frr", frr, low=0, high=1, open_low=True)
+    check_number("frr", frr, low=0, high=1, open_low=True)
     if frr >= 1:
         raise ValueError(f"argument 'frr' must be in (0, 1), got {frr!r}")
     if method == "quantile":
@@ -271,7 +235,7 @@ def strip(model, state, overlays, x_calibration, x_clean, x_triggered, key,
 
 def _named(x, name):
     """Validate ``x`` under its own argument name (so an error says which input set is bad)."""
-    return _check_images(x, name)
+    return check_images(x, name)
 
 
 def plot_entropies(result: StripResult, ax=None, *, bins: int = 30, title: str | None = None):

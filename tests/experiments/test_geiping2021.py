@@ -19,6 +19,14 @@ def test_quick_brew_run_writes_results_resumes_and_the_defense_run_reuses_its_po
             assert key in r
         assert r["trials"] == 2 * 2 and 0 <= r["success_rate"] <= 1 and 0.1 < r["clean_accuracy"] <= 1
         assert r["ci95"][0] <= r["success_rate"] <= r["ci95"][1]
+        # the continuous measures: success exactly when the adversarial logit beats every other one
+        margin, prob = np.asarray(r["margin"]), np.asarray(r["adv_prob"])
+        assert margin.shape == prob.shape == (2, 2) and np.all((prob >= 0) & (prob <= 1))
+        clear = np.abs(margin) > 1e-3  # (rounded in results.json)
+        assert np.array_equal((margin > 0)[clear], (np.asarray(r["per_target"]) == 1)[clear])
+        assert 0 < r["train_accuracy"] <= 1 and len(r["crafting_model_margin"]) == 2
+    assert 0 < res["crafting_model_train_accuracy"] <= 1
+    assert len(rows[("brew", "none")]["crafting_loss"]) == 2 and rows[("noise", "none")]["crafting_loss"] is None
     assert json.loads((out / "results.json").read_text())["rows"] == json.loads(json.dumps(res["rows"]))
     assert (out / "success.png").is_file() and (out / "poisons_0.png").is_file()
     ckpt = np.load(out / "checkpoint.npz")

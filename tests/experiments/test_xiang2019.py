@@ -14,12 +14,14 @@ def test_choose_pixel_picks_the_central_pixel_nearest_half_intensity():
     x[:, 4, 4] = 0.7
     assert exp.choose_pixel(x) == (5, 3)
     assert exp.choose_pixel(x[..., None]) == (5, 3)
+    assert exp.parse_pixel("18,24") == (18, 24) and exp.parse_pixel("auto") is None
 
 
 @pytest.mark.parametrize("argv, match", [
     (["--deltas", "0"], "--deltas"), (["--deltas", "a"], "--deltas"), (["--sources", "some"], "--sources"),
     (["--source", "0", "--target", "0"], "--source"), (["--defenses", "nc"], "--defenses"),
-    (["--n-poison", "0"], "--n-poison")])
+    (["--n-poison", "0"], "--n-poison"), (["--pixel", "a"], "--pixel"), (["--pixel", "30,3"], "--pixel"),
+    (["--epochs", "0"], "--epochs")])
 def test_bad_flags_exit_naming_the_flag(argv, match):
     with pytest.raises(SystemExit, match=match):
         exp.main(["--quick", *argv])

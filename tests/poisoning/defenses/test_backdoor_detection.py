@@ -73,20 +73,43 @@ def test_spectral_signatures_ranks_the_planted_cluster_first():
 
 def test_activation_clustering_finds_the_cluster_and_spares_a_clean_set():
     F, y, p = _features(poison=True)
-    for criterion in ("relative_size", "both"):
-        r = detection_rates(activation_clustering(F, y, n_components=3, criterion=criterion).flagged, p)
+    dets = {c: activation_clustering(F, y, n_components=3, criterion=c) for c in ("relative_size", "both")}
+    for criterion, det in dets.items():
+        r = detection_rates(det.flagged, p)
         assert r.tpr == 1.0 and r.fpr <= 0.01, criterion
     # the silhouette alone is high for any 2-means split of a low-dimensional Gaussian; the poisoned
     # class has the highest one
-    sil = {c: d["silhouette"] for c, d in activation_clustering(F, y, n_components=3).per_class.items()}
+    sil = {c: d["silhouette"] for c, d in dets["relative_size"].per_class.items()}
     assert max(sil, key=sil.get) == 0
     Fc, yc, pc = _features(poison=False, seed=1)
     r = detection_rates(activation_clustering(Fc, yc, n_components=3).flagged, pc)
     assert r.fpr <= 0.05
     with pytest.raises(ValueError, match="criterion"):
         activation_clustering(F, y, criterion="size")
+    with pytest.raises(ValueError, match="reduction"):
+        activation_clustering(F, y, reduction="svd")
     with pytest.raises(ValueError, match="features"):
         activation_clustering(F[:, 0], y)
+
+
+def test_activation_clustering_pca_keeps_the_variance_that_ica_whitens_away():
+    """One class with two handwriting 'styles' (a tight +-1.5 split) and 10 % poison far out (8 +- 1.5)
+    along another direction: unit-variance ICA sources weigh the two directions alike and 2-means
+    splits the styles 50/50; the principal components keep the poison direction's variance and
+    2-means isolates the poison."""
+    rng = np.random.default_rng(0)
+    n = 300
+    y = np.zeros(n, int)
+    F = rng.normal(size=(n, DIM)) * 0.3
+    F[:, 6] += np.where(np.arange(n) % 2 == 0, 1.5, -1.5)
+    p = np.zeros(n, bool)
+    p[rng.choice(n, 30, replace=False)] = True
+    F[p, 5] += 8.0 + 1.5 * rng.normal(size=30)
+    ica = activation_clustering(F, y, n_components=3, reduction="ica")
+    pca = activation_clustering(F, y, n_components=3, reduction="pca")
+    assert ica.per_class[0]["relative_size"] > 0.45 and not ica.flagged[p].any()
+    r = detection_rates(pca.flagged, p)
+    assert r.tpr == 1.0 and r.fpr == 0.0
 
 
 def test_activation_clustering_exclusionary_reclassification():
@@ -156,4 +179,8 @@ def test_bic_grows_components_until_it_stops_improving():
     two = np.concatenate([one, rng.normal(size=(300, 2)) + 12.0])
     assert fit_gmm_bic(one, max_components=4)[0].n_components == 1
     gmm, bics = fit_gmm_bic(two, max_components=4)
-    assert gmm.n_components == 2 and bics[1] < bics[0] and bics[2] >= bics[1]
+    assert gmm.n_components == 2 and bics[1] < bics[0] and bics[2] >= bics[1] and len(bics) == 3
+    gmm2, bics2 = fit_gmm_bic(two, max_components=4, patience=2)   # the author's: stop at the 2nd failure
+    assert gmm2.n_components == 2 and len(bics2) == 4 and bics2[:3] == bics
+    with pytest.raises(ValueError, match="patience"):
+        fit_gmm_bic(two, patience=0)

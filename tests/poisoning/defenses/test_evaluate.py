@@ -79,4 +79,37 @@ def test_copies_as_weights_and_table():
     with pytest.raises(ValueError, match="fraction"):
         evaluate_defenses(victim, X, y, Xt, yt, {"far": far}, fraction=1.0)
     with pytest.raises(ValueError, match="unknown defense"):
-        evaluate_defenses(victim, X, y, Xt, yt, {"far": far}, defenses=("svd",))
+        evaluate_defenses(victim, X, y, Xt, yt, {"far": far}, defenses=("pca",))
+
+
+def test_newer_defenses_in_the_table():
+    """SEVER, RONI, k-NN label sanitization and SVD run through evaluate_defenses: SEVER removes
+    round(f n) points in all, RONI and SVD round(f n_c) per class (equal to their sanitizers by hand), label
+    sanitization relabels a flipped copy sitting among the other class (kept 0) and keeps a clean-label one."""
+    from poisoning.defenses.evaluate import DEFENSES, KOH_DEFENSES
+    from poisoning.defenses.svd import SVDDefense
+
+    assert set(KOH_DEFENSES) < set(DEFENSES) and {"sever", "roni", "label_sanitization", "svd"} <= set(DEFENSES)
+    X, y = _data(30)
+    Xt, yt = _data(20, seed=1)
+    victim = victims.smooth_svm(0.05, 0.1)
+    flip = PoisonPoints(X[y == 0][:1], np.array([1]))                       # a class-0 point labelled 1
+    same = PoisonPoints(X[y == 1][:1] + 0.01, np.array([1]))                # a class-1 point, right label
+    new = ("label_sanitization", "svd")
+    rows = evaluate_defenses(victim, X, y, Xt, yt, {"flip": flip, "same": same}, defenses=new, fraction=0.2)
+    assert [r["defense"] for r in rows] == list(new)
+    by = {r["defense"]: r for r in rows}
+    assert by["label_sanitization"]["flip_poison_kept"] == 0.0
+    assert by["label_sanitization"]["same_poison_kept"] == 1.0
+    assert all(0.0 <= r["flip_with_defense"] <= 1.0 for r in rows)
+    Xs, ys, _ = expand_copies(X, y, flip)
+    clean = fit_victim(victim, X, y)
+    _, keep = sanitize_and_train(victim, Xs, ys, "svd", 0.2, warm_start=clean, rank=10)   # rank capped at d - 1
+    keep_hand, _ = SVDDefense(rank=2, num_classes=2).sanitize(Xs, ys, 0.2)
+    np.testing.assert_array_equal(keep, np.asarray(keep_hand))
+    _, keep = sanitize_and_train(victim, Xs, ys, "sever", 0.2, warm_start=clean, sever_rounds=2)
+    assert (~keep).sum() == round(0.2 * len(ys))
+    _, keep = sanitize_and_train(victim, Xs, ys, "roni", 0.2, warm_start=clean, roni_trials=1)
+    assert (~keep).sum() == sum(round(0.2 * np.sum(ys == c)) for c in (0, 1))
+    with pytest.raises(ValueError, match="unknown defense"):
+        evaluate_defenses(victim, X, y, Xt, yt, {"flip": flip}, defenses=("nope",))
