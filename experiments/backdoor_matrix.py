@@ -60,7 +60,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
 
-from experiments import _cli
+from experiments import _cli, gu2017
 
 __all__ = ["PAPER", "ATTACKS", "DEFENSES", "Defense", "DefenseOutcome", "available_defenses", "Preset",
            "PRESETS", "train_config", "build_backdoor", "Victim", "build_parser", "main"]
@@ -126,8 +126,6 @@ def load_data(dataset: str, data_dir, seed: int):
         ds = datasets.load_cifar10(_cli.resolve_data_dir(data_dir))
         return (np.asarray(ds.X_train, np.float32), np.asarray(ds.y_train, np.int32),
                 np.asarray(ds.X_test, np.float32), np.asarray(ds.y_test, np.int32), "cifar10", False)
-    from experiments import gu2017
-
     if dataset != "digits":
         return gu2017.load_data(data_dir, seed, None, dataset)
     return (*gu2017.digits_28x28(seed), "digits", True)
@@ -154,48 +152,17 @@ def make_model(dataset: str, preset_name: str, knobs: dict):
     return get_model("badnets", 10, mean=MNIST_MEAN, std=MNIST_STD, **knobs), "badnets"
 
 
-class Victim:
+class Victim(gu2017.Trainer):
     """Trains one network from one fixed initialization (``seed``) on any training set, from scratch
-    (:meth:`fit`) or by retraining the last layer of a pretrained state (:meth:`fit_head`). Removal of
-    samples is a loss weight of 0 with the kept samples weighted ``n / n_kept`` (one compilation)."""
+    (:meth:`fit`, gu2017's trainer) or by retraining the last layer of a pretrained state
+    (:meth:`fit_head`). Removal of samples is a loss weight of 0 with the kept samples weighted
+    ``n / n_kept`` (one compilation)."""
 
     def __init__(self, model, cfg, sample, seed: int, head_epochs: int):
-        import jax
-
-        self.model, self.cfg, self.seed = model, cfg, seed
+        super().__init__(cfg, {}, sample, seed, model=model)
         self.head_cfg = cfg.replace(trainable="head", epochs=head_epochs, weight_decay=0.0)
-        self.init_key = jax.random.key(seed)
-        self.sample = sample[:1]
-        self._states = {}
         self.apply_fn = lambda v, x: model.apply(v, x, train=False)      # (variables, x) -> logits
         self.feature_fn = lambda v, x: model.apply(v, x, train=False, features=True)
-
-    def _init(self, n):
-        from poisoning.training import init_state, reset_optimizer
-
-        steps = n // self.cfg.batch_size
-        if not self._states:
-            self._states[steps] = init_state(self.model, self.cfg, self.sample, self.init_key, steps_per_epoch=steps)
-        if steps not in self._states:
-            self._states[steps] = reset_optimizer(next(iter(self._states.values())), self.cfg, steps_per_epoch=steps)
-        return self._states[steps]
-
-    @staticmethod
-    def _data(x, y, keep):
-        if keep is None:
-            return (x, y)
-        keep = np.asarray(keep, bool)
-        if not keep.any():
-            raise ValueError("a defense removed every training sample")
-        return (x, y, (keep * (len(keep) / keep.sum())).astype(np.float32))
-
-    def fit(self, x, y, keep=None):
-        import jax
-
-        from poisoning.training import train
-
-        return train(self.model, self._init(len(x)), self._data(x, y, keep), self.cfg,
-                     key=jax.random.key(self.seed + 1))
 
     def fit_head(self, pretrained, x, y, keep=None):
         import jax
@@ -203,17 +170,12 @@ class Victim:
         from poisoning.training import reset_optimizer, train
 
         start = reset_optimizer(pretrained, self.head_cfg, steps_per_epoch=len(x) // self.head_cfg.batch_size)
-        return train(self.model, start, self._data(x, y, keep), self.head_cfg, key=jax.random.key(self.seed + 2))
+        return train(self.model, start, self.weighted(x, y, keep), self.head_cfg, key=jax.random.key(self.seed + 2))
 
     def logits(self, state, x, model=None):
         from poisoning.training import predict
 
         return np.asarray(predict(self.model if model is None else model, state, x))
-
-    def features(self, state, x):
-        from poisoning.training import predict
-
-        return np.asarray(predict(self.model, state, x, features=True))
 
     def accuracy(self, state, x, y, model=None):
         return float(np.mean(self.logits(state, x, model).argmax(-1) == y))
@@ -254,10 +216,10 @@ def build_backdoor(name: str, args, victim: Victim, clean_state, x, y, xt, yt, p
     C = x.shape[-1]
     others = yt != t
     if name == "badnets":
-        from poisoning.attacks import gu2017
+        from poisoning.attacks import gu2017 as badnets
 
         trig = triggers.badnets_pattern(C)
-        ps = gu2017.poison_dataset(key, x, y, trig, args.poison_rate, target=t)
+        ps = badnets.poison_dataset(key, x, y, trig, args.poison_rate, target=t)
         test = np.asarray(triggers.apply(trig, xt[others]))
         return Backdoor(ps, test, t, "scratch", {"poison": ps.images[ps.is_poison][:4], "test": test[:4]},
                         {"trigger": "3x3 checkerboard, bottom-right"})

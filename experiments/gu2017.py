@@ -196,16 +196,16 @@ def recipe(epochs: int, quick: bool):
 
 
 class Trainer:
-    """Trains a 28x28 network (``model``: the BadNets CNN by default) from one fixed initialization
-    (``seed``) on any training set."""
+    """Trains a network from one fixed initialization (``seed``) on any training set: ``model`` is a
+    28x28 network's name (the BadNets CNN by default, built with ``knobs``) or a flax module."""
 
-    def __init__(self, cfg, knobs, sample, seed, model: str = "badnets"):
+    def __init__(self, cfg, knobs, sample, seed, model="badnets"):
         import jax
 
         from poisoning.models import MNIST_MEAN, MNIST_STD, get_model
 
         self.cfg, self.seed = cfg, seed
-        self.model = get_model(model, 10, mean=MNIST_MEAN, std=MNIST_STD, **knobs)
+        self.model = get_model(model, 10, mean=MNIST_MEAN, std=MNIST_STD, **knobs) if isinstance(model, str) else model
         self.init_key = jax.random.key(seed)
         self.sample = sample[:1]
         self._states = {}
@@ -229,13 +229,18 @@ class Trainer:
 
         from poisoning.training import train
 
-        data = (x, y)
-        if keep is not None:
-            keep = np.asarray(keep, bool)
-            if not keep.any():
-                raise ValueError("a defense removed every training sample")
-            data = (x, y, (keep * (len(keep) / keep.sum())).astype(np.float32))
-        return train(self.model, self.state(len(x)), data, self.cfg, key=jax.random.key(self.seed + 1))
+        return train(self.model, self.state(len(x)), self.weighted(x, y, keep), self.cfg,
+                     key=jax.random.key(self.seed + 1))
+
+    @staticmethod
+    def weighted(x, y, keep=None):
+        """The training data ``(x, y)``, or ``(x, y, w)`` with ``w = keep * n / n_kept`` (see :meth:`fit`)."""
+        if keep is None:
+            return (x, y)
+        keep = np.asarray(keep, bool)
+        if not keep.any():
+            raise ValueError("a defense removed every training sample")
+        return (x, y, (keep * (len(keep) / keep.sum())).astype(np.float32))
 
     def fit_many(self, xs, ys):
         """Train one model per leading index of ``xs`` / ``ys`` (same n) at once with ``jax.vmap``."""

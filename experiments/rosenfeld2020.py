@@ -72,12 +72,14 @@ def _load(args):
 
 
 def _features(X, Xt, dim):
+    """SS-DPA's label-free whitened PCA of the training images (:func:`poisoning.certify.pca_features`)."""
     if dim <= 0:
         return X, Xt
-    mean = X.mean(axis=0)
-    _, s, vt = np.linalg.svd(X - mean, full_matrices=False)       # label-free: the images only
-    comps = vt[:dim].T / (s[:dim] / np.sqrt(len(X)) + 1e-6)
-    return (X - mean) @ comps, (Xt - mean) @ comps
+    from poisoning.certify import pca_features
+
+    transform = pca_features(X, dim)
+    return (np.asarray(transform(X), np.float64).reshape(len(X), -1),
+            np.asarray(transform(Xt), np.float64).reshape(len(Xt), -1))
 
 
 def run(args) -> dict[str, Any]:

@@ -207,8 +207,8 @@ def _anchors(X_clean, y_clean, X_start, labels, *, k, percentile, shrink, label_
     K = int(max(y_clean.max(), np.max(labels)) + 1)
     S = np.asarray(knn_scores(X_clean, y_clean, X_clean, y_clean, k, exclude_self=True, num_classes=K))
     tau = np.asarray(percentile_thresholds(S, y_clean, percentile, K))
-    votes = np.asarray(KNNLabelSanitizer(k=label_k, num_classes=K).score_train(
-        KNNLabelSanitizer(k=label_k, num_classes=K).fit(X_clean, y_clean), X_clean, y_clean))
+    labeller = KNNLabelSanitizer(k=label_k, num_classes=K)
+    votes = np.asarray(labeller.score_train(labeller.fit(X_clean, y_clean), X_clean, y_clean))
     anchors, radii = [], []
     for x, lab in zip(np.asarray(X_start, float), np.asarray(labels).astype(int)):
         ok = (y_clean == lab) & (S < tau[lab]) & (votes == 0.0)
@@ -296,12 +296,6 @@ def survivors(defense: str, X_clean, y_clean, X_cand, y_cand, **kw) -> np.ndarra
     return survival_margins(defense, X_clean, y_clean, X_cand, y_cand, **kw) <= 0.0
 
 
-def _loss_select(region: SanitizerRegion):
-    from poisoning.attacks.koh2022 import _loss_admissible   # Koh et al.'s rule: feasible under its own model
-
-    return _loss_admissible(region)
-
-
 def adaptive_attack(attack: PoisoningAttack, defense: str, X_clean, y_clean, poison, *, victim=None,
                     percentile: float = 90.0, shrink: float = 0.95, box=(0.0, 1.0), k: int = 5, rank: int = 10,
                     label_k: int = 10, warm_start=None, min_candidates: int = 1):
@@ -338,7 +332,9 @@ def adaptive_attack(attack: PoisoningAttack, defense: str, X_clean, y_clean, poi
                             box=_box_of(attack, box), k=k, rank=rank, label_k=label_k)
     select = attack.select
     if getattr(region, "uses_params", False):
-        select = _loss_select(region)
+        from poisoning.attacks.koh2022 import loss_admissible   # Koh et al.: feasible under its own model
+
+        select = loss_admissible(region)
         x0 = region.project(poison.X, params=warm_start)
     else:
         x0 = region.project(poison.X)

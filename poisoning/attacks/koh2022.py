@@ -87,6 +87,7 @@ __all__ = [
     "kkt_poison",
     "decoy_parameters",
     "kkt_attack",
+    "loss_admissible",
 ]
 
 
@@ -112,7 +113,7 @@ def initial_poison(X_clean, y_clean, n_poison: int, n_locations: int = 2, seed: 
 # ------------------------------------------------------------------------------------------------
 # influence attack
 # ------------------------------------------------------------------------------------------------
-def _loss_admissible(region: SanitizerRegion):
+def loss_admissible(region: SanitizerRegion):
     """``select``: the objective for iterates whose hinge losses under their own retrained model stay below
     the region's clean-loss percentile; violating ones score :math:`-e^{-A} \\in [-1, 0)`, below every
     admissible one (the objective, a mean loss, is >= 0) and still ordered by the objective."""
@@ -143,7 +144,7 @@ def _naive_attack(victim, box, step_size, steps, schedule) -> PoisoningAttack:
 
 
 def _aware_attack(victim, region: SanitizerRegion, step_size, steps, schedule) -> PoisoningAttack:
-    select = _loss_admissible(region) if region.uses_params else None
+    select = loss_admissible(region) if region.uses_params else None
     return PoisoningAttack(victim, error_generic, region, step=_step(step_size, steps, schedule), gain_tol=None,
                            select=select)
 

@@ -112,7 +112,7 @@ def test_kkt_then_aware_attack_meets_the_loss_constraint():
     tau = np.asarray(hinge_thresholds(aware.params, X, y, 90.0))
     assert np.all(np.asarray(hinge_score(victim, aware.params, res.X, res.y)) <= tau[res.y] + 1e-9)
     # the select score: the objective when admissible, below every admissible score (and ordered) otherwise
-    select = K._loss_admissible(region)
+    select = K.loss_admissible(region)
     v = float(error_generic(victim, aware.params, Xt, yt))
     assert float(select(victim, aware.params, jnp.asarray(res.X), Xt, yt)) == v
     w = np.asarray(aware.params["w"])
