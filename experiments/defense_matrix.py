@@ -26,14 +26,34 @@ Jagielski et al.'s OptP (a regression attack: it optimizes real-valued labels ag
 classification form, gradient ascent of the validation loss over the poison features, is the Biggio /
 Muñoz-González rows).
 
-Each attack is run **naive** (its own feasible set: the box) and **adaptive**, through the one door
-:func:`poisoning.attacks.adaptive.adaptive_attack`: the defense's region (sphere / slab / loss / SVD cut-offs
-at the ``--percentile`` of clean scores, k-NN anchors) replaces the feasible set of the point attacks, and
-the label attacks draw only from the candidates the defense keeps. Adaptive poisons are crafted once per
-region (sphere and slab share one; loss, SEVER and RONI one; k-NN and label sanitization one; SVD one) and
-evaluated against the defenses of that region. Koh et al.'s KKT attack is defense-aware by construction
-(sphere + slab + loss of the decoy): its naive form uses the loosest region (100th percentile, no loss
-constraint, no copies rule), its adaptive form the release's, projected into each defense's region.
+Each attack is run **naive** (its own feasible set: the box) and **adaptive** against each defense. The
+attacker knows the clean data and the defense (Steinhardt et al. 2017; Koh et al. 2022), so the adaptive
+poison against defense ``D`` is chosen in three stages (:mod:`poisoning.attacks.defense_loop`):
+
+1. candidates: the naive poison itself; the region-constrained poison of the one door
+   :func:`poisoning.attacks.adaptive.adaptive_attack` (the defense's region, cut-offs at the ``--percentile``
+   of clean scores, replaces the point attacks' feasible set; the label attacks draw only from the candidates
+   the defense keeps), crafted once per region (sphere and slab share one; loss, SEVER and RONI one; k-NN and
+   label sanitization one; SVD one); the naive poison projected into ``D``'s region (point attacks); and,
+   against k-NN and label sanitization, each of these with its copies concentrated onto locations of
+   ``k + 1`` (k-NN) or ``label_k // 2 + 2`` (label sanitization) copies, which those defenses cannot see;
+2. selection: the candidate of highest *simulated* defended error on the attacker's validation split (``D``
+   run by the attacker on clean + poison, the victim retrained on the survivors; never the test set; RONI's
+   draws from ``seed + 1``: the attacker knows the defense, not the defender's random draws; by default
+   (``--roni-simulation external``) RONI is simulated by scoring the poison locations against draws of the
+   clean pool, which misses that a location's own copies in RONI's validation draws lower its impact, so it
+   underestimates how much of a many-copy poison RONI keeps; ``exact`` runs RONI itself, 2 n T fits a call);
+3. defense in the loop (point attacks, ``--loop-rounds`` rounds of ``--loop-steps`` steps): ascent of the
+   attack's objective against the victim trained on the simulated survivors (keep mask fixed within a
+   round, recomputed between rounds), kept only if it raises the simulated defended validation error.
+
+Since the naive poison is a candidate, the adaptive one is at least as strong as the naive one on the
+attacker's own estimate; on the test set it can still lose. ``adaptive_vs_naive`` counts, per defense,
+strict wins, ties (equal test error) and losses on the test error, and the same on the simulated validation
+error. Koh et al.'s KKT attack is defense-aware by construction (sphere + slab + loss of the decoy): its
+naive form uses the loosest region (100th percentile, no loss constraint, no copies rule), its
+region-constrained form the release's, projected into each defense's region; its loop ascends the influence
+attack's objective.
 
 Each defense (:data:`poisoning.defenses.evaluate.DEFENSES`: sphere, slab, loss, k-NN, SEVER, RONI, k-NN label
 sanitization, SVD) is fit on the poisoned set, removes ``--fraction`` (default :math:`\epsilon`) of each class
@@ -43,7 +63,7 @@ The certificate (:func:`experiments.steinhardt2017.bound`): Steinhardt et al.'s 
 :math:`\frac1n` hinge(clean + poison) of the norm-constrained hinge SVM (:math:`\rho^2` = ``--rho-squared``,
 the paper's 0.8 for raw MNIST pixels) under the
 *oracle* sphere + slab defense (70th percentile), per :math:`\epsilon`. Each attack's poison (naive, and the
-adaptive one crafted against sphere + slab), projected onto the oracle region (the certificate's feasible set;
+adaptive one chosen against each defense), projected onto the oracle region (the certificate's feasible set;
 ``oracle_poison_inside`` is the fraction of copies already inside), added to the clean set and retrained with
 that learner (:func:`poisoning.certify.steinhardt.constrained_hinge_svm`), gives ``oracle_objective``, which
 must stay below :math:`U^*` (``below_bound``). ``oracle_test_error`` is that model's test 0-1 error (the
@@ -51,9 +71,11 @@ paper's comparison:
 MNIST-1-7 test error <= 4 % under a bound of about 7 % for eps <= 0.3).
 
 Outputs (``--out``): ``results.json`` (``rows``: ``attack``, ``mode``, ``defense``, ``eps``, ``test_error``,
-``no_defense_error``, ``poison_kept``, ``n_poison``, ``bound``; ``bounds``: per eps, ``bound`` and the
-attacks' ``oracle_objective`` / ``oracle_test_error`` / ``below_bound``; ``clean_error`` per defense;
-``paper``), ``heatmap_eps*.png`` (attacks x defenses, naive and adaptive panels), checkpoint and resume
+``no_defense_error``, ``poison_kept``, ``n_poison``, ``bound``, and for adaptive rows ``chosen``,
+``val_error_sim``, ``val_error_sim_naive``, ``candidates_val_error_sim``, ``loop_history``; ``bounds``: per
+eps, ``bound`` and each attack's (``ATTACK/naive``, ``ATTACK/adaptive/DEFENSE``) ``oracle_objective`` /
+``oracle_test_error`` / ``below_bound``; ``adaptive_vs_naive``; ``clean_error`` per defense; ``paper``),
+``heatmap_eps*.png`` (attacks x defenses, naive and adaptive panels), checkpoint and resume
 (``OUT/checkpoint.npz``, ``--resume``).
 
 Usage::
@@ -74,7 +96,7 @@ import numpy as np
 
 from experiments import _cli
 
-__all__ = ["ATTACKS", "LEFT_OUT", "PAPER", "build_parser", "run", "main"]
+__all__ = ["ATTACKS", "LEFT_OUT", "PAPER", "adaptive_vs_naive", "build_parser", "run", "main"]
 
 ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence", "koh2022_kkt", "label_flip", "subpopulation")
 POINT_ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence")
@@ -117,6 +139,12 @@ def build_parser():
     p.add_argument("--rho-squared", type=float, default=0.8,
                    help="the certificate's ||(w, b)||^2 <= rho^2 (the paper's 0.8 is for raw 28x28 pixels; "
                         "p x p average pooling shrinks norms by p: 0.8 p^2 keeps the margins)")
+    p.add_argument("--loop-rounds", type=int, default=2,
+                   help="adaptive point attacks: rounds of ascent against the simulated survivors' victim (0: off)")
+    p.add_argument("--loop-steps", type=int, default=0, help="ascent steps per round (0: half of --steps)")
+    p.add_argument("--roni-simulation", choices=("external", "exact"), default="external",
+                   help="the attacker's RONI: poison locations scored against draws of the clean pool (cheap), "
+                        "or RONI itself run on clean + poison with the attacker's own draws (2 n T fits a call)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-plots", action="store_true")
     return p
@@ -190,6 +218,8 @@ class _Ctx:
     clean: Any
     cluster: Any = None
     attacks: dict = dataclasses.field(default_factory=dict)
+    naive: dict = dataclasses.field(default_factory=dict)         # (attack, eps) -> the naive poison
+    simulations: dict = dataclasses.field(default_factory=dict)   # (defense, fraction) -> DefenseSimulation
 
 
 def _point_attack(name, ctx):
@@ -278,12 +308,7 @@ def _craft(attack_name, mode, region_defense, ctx, n_poison):
         poison = K.kkt_attack(ctx.X, ctx.y, ctx.Xv, ctx.yv, n_poison, decoys, victim=ctx.victim,
                               n_locations=a.locations, percentile=a.percentile, loss_percentile=a.percentile,
                               seed=a.seed).poison
-        region = A.defense_region(region_defense, ctx.X, ctx.y, poison, percentile=a.percentile)
-        if getattr(region, "uses_params", False):
-            x = region.project(poison.X, params=fit_poisoned(ctx.victim, ctx.X, ctx.y, poison, warm_start=ctx.clean))
-        else:
-            x = region.project(poison.X)
-        return poison.with_leader(np.asarray(x))
+        return _project_into(region_defense, poison, ctx)
     # label attacks: candidates = training points with flipped labels
     if attack_name == "label_flip":
         cands = PoisonWeights(ctx.X, 1 - ctx.y, np.zeros(len(ctx.y)))
@@ -299,6 +324,80 @@ def _craft(attack_name, mode, region_defense, ctx, n_poison):
     if attack_name == "label_flip":
         return _greedy_flips(ctx, cands, n_poison)
     return _subpop_poison(ctx, cands, n_poison)
+
+
+def _project_into(defense, poison, ctx):
+    """``poison`` projected into ``defense``'s region (:func:`poisoning.attacks.adaptive.defense_region`; the
+    loss region under the model trained on clean + ``poison``)."""
+    from poisoning.attacks import adaptive as A
+    from poisoning.defenses.evaluate import fit_poisoned
+
+    region = A.defense_region(defense, ctx.X, ctx.y, poison, percentile=ctx.args.percentile)
+    if getattr(region, "uses_params", False):
+        x = region.project(poison.X, params=fit_poisoned(ctx.victim, ctx.X, ctx.y, poison, warm_start=ctx.clean))
+    else:
+        x = region.project(poison.X)
+    return poison.with_leader(np.asarray(x))
+
+
+def _simulation(ctx, defense, fraction):
+    """The attacker's copy of ``defense`` (:class:`poisoning.attacks.defense_loop.DefenseSimulation`): the
+    evaluation's settings, RONI's draws from ``seed + 1`` (the attacker knows the defense, not its draws)."""
+    from poisoning.attacks.defense_loop import DefenseSimulation
+
+    key = (defense, float(fraction))
+    if key not in ctx.simulations:
+        ctx.simulations[key] = DefenseSimulation.prepare(
+            defense, ctx.victim, ctx.X, ctx.y, fraction=fraction, roni_trials=ctx.args.roni_trials,
+            seed=ctx.args.seed + 1, clean_params=ctx.clean, roni=ctx.args.roni_simulation)
+    return ctx.simulations[key]
+
+
+def _fingerprint(p):
+    counts = np.ones(len(p.y)) if p.counts is None else np.asarray(p.counts, float)
+    return hash((np.asarray(p.X, float).tobytes(), np.asarray(p.y).tobytes(), counts.tobytes()))
+
+
+def _adaptive_for(attack_name, defense, region_poison, naive, ctx, fraction):
+    """The adaptive poison against ``defense``: candidates (the naive poison, the region-constrained one, the
+    naive one projected into the defense's region, each concentrated onto locations of
+    :func:`~poisoning.attacks.defense_loop.copies_to_survive` copies for the neighbour defenses), the one of
+    highest simulated defended validation error, then ``--loop-rounds`` rounds of ascent against the
+    simulated survivors' victim (point attacks). Returns ``(poison, info)``."""
+    from poisoning.attacks import adaptive as A
+    from poisoning.attacks import defense_loop as L
+
+    a = ctx.args
+    cands = {"naive": naive, "region": region_poison}
+    point = attack_name in POINT_ATTACKS or attack_name == "koh2022_kkt"
+    if point:
+        cands["naive_projected"] = _project_into(defense, naive, ctx)
+    c = L.copies_to_survive(defense, k=5, label_k=10)
+    if c > 1:
+        cands.update({f"{nm}+concentrated": L.concentrate(p, c) for nm, p in list(cands.items())})
+    seen, unique = set(), {}
+    for nm, p in cands.items():          # identical candidates are scored once
+        f = _fingerprint(p)
+        if f not in seen:
+            seen.add(f)
+            unique[nm] = p
+    sim = _simulation(ctx, defense, fraction)
+    name, best, scores = L.select_poison(sim, unique, ctx.Xv, ctx.yv)
+    loop_history = None
+    if point and a.loop_rounds > 0:
+        base = _point_attack("koh2022_influence" if attack_name == "koh2022_kkt" else attack_name, ctx)
+        constrained = name == "naive_projected" or name.startswith("region")   # keep it in the defense's region
+        attack = A.adaptive_attack(base, defense, ctx.X, ctx.y, best, percentile=a.percentile,
+                                   warm_start=ctx.clean)[0] if constrained else base
+        loop = L.defense_in_the_loop(attack, sim, ctx.X, ctx.y, best, ctx.Xv, ctx.yv, rounds=a.loop_rounds,
+                                     steps=a.loop_steps or max(1, a.steps // 2), warm_start=ctx.clean)
+        loop_history = [list(h) for h in loop.history]
+        if loop.best > 0:
+            name, best = f"{name}+loop", loop.poison
+            scores[name] = loop.history[loop.best]
+    info = {"chosen": name, "val_error_sim": scores[name][0], "val_error_sim_naive": scores["naive"][0],
+            "candidates_val_error_sim": {nm: v[0] for nm, v in scores.items()}, "loop_history": loop_history}
+    return best, info
 
 
 # ------------------------------------------------------------------------------------------------
@@ -339,6 +438,7 @@ def run(args) -> dict[str, Any]:
     from poisoning import victims
     from poisoning.attacks.adaptive import REGION_OF
     from poisoning.attacks.subpopulation import ClusterMatch
+    from poisoning.attack import PoisonPoints
     from poisoning.certify import steinhardt as S
     from poisoning.defenses.evaluate import DEFENSES, evaluate_defenses, fit_victim, hinge_score
 
@@ -350,6 +450,8 @@ def run(args) -> dict[str, Any]:
         raise SystemExit(f"--defenses: unknown {bad}; choose from {DEFENSES}")
     if args.fraction is not None and not 0.0 <= args.fraction < 1.0:
         raise SystemExit(f"--fraction must be in [0, 1), got {args.fraction}")
+    if args.loop_rounds < 0 or args.loop_steps < 0:
+        raise SystemExit(f"--loop-rounds and --loop-steps must be >= 0, got {args.loop_rounds}, {args.loop_steps}")
     for flag in ("steps", "locations", "roni_trials", "clusters", "bound_steps", "pool"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
@@ -361,6 +463,8 @@ def run(args) -> dict[str, Any]:
         args.roni_trials = 1
         args.locations = min(args.locations, 2)
         args.clusters = min(args.clusters, 4)
+        args.loop_rounds = min(args.loop_rounds, 1)
+        args.loop_steps = min(args.loop_steps or 2, 2)
     data = _load(args)
     X, y, Xv, yv, Xt, yt = (data[k] for k in ("X", "y", "Xv", "yv", "Xt", "yt"))
     n = len(y)
@@ -376,7 +480,9 @@ def run(args) -> dict[str, Any]:
                 "steps": args.steps, "locations": args.locations, "step_size": args.step_size, "wd": args.wd,
                 "t": args.t, "fraction": args.fraction, "percentile": args.percentile,
                 "roni_trials": args.roni_trials, "clusters": args.clusters, "bound_steps": args.bound_steps,
-                "rho_squared": args.rho_squared, "pool": args.pool if args.dataset == "mnist17" else None,
+                "rho_squared": args.rho_squared, "loop_rounds": args.loop_rounds, "loop_steps": args.loop_steps,
+                "roni_simulation": args.roni_simulation,
+                "pool": args.pool if args.dataset == "mnist17" else None,
                 "seed": args.seed, "quick": bool(args.quick)}
     out = _cli.ensure_dir(args.out)
     ckpt = _cli.Checkpoint(out / "checkpoint.npz")
@@ -402,49 +508,65 @@ def run(args) -> dict[str, Any]:
     cells = [(a, "naive", None, e) for e in eps_grid for a in args.attacks]
     cells += [(a, "adaptive", r, e) for e in eps_grid for a in args.attacks for r in regions]
     bar = _cli.progress(total=len(cells), desc=f"defense_matrix {args.dataset}", unit="cell")
+    fraction_of = (lambda e: e) if args.fraction is None else (lambda e: args.fraction)
+
+    def evaluate(attack_name, poison, targets, fraction):
+        table = evaluate_defenses(victim, X, y, Xt, yt, {"p": poison}, defenses=targets, fraction=fraction,
+                                  loss_score=hinge_score, roni_trials=args.roni_trials, seed=args.seed)
+        target = {}
+        tmask = cluster.mask(Xt)
+        if attack_name == "subpopulation" and tmask.any():   # the error on the cluster's test points
+            target = {r["defense"]: r["p_with_defense"] for r in evaluate_defenses(
+                victim, X, y, Xt[tmask], yt[tmask], {"p": poison}, defenses=targets, fraction=fraction,
+                loss_score=hinge_score, roni_trials=args.roni_trials, seed=args.seed)}
+        counts = np.asarray(poison.counts, float) if poison.counts is not None else np.ones(len(poison.y))
+        rows = []
+        for r in table:
+            extra = {"target_error": target[r["defense"]], "target_test_points": int(tmask.sum())} if target else {}
+            rows.append({"defense": r["defense"], "test_error": r["p_with_defense"],
+                         "no_defense_error": r["p_no_defense"], "clean_error": r["clean_error"],
+                         "poison_kept": r["p_poison_kept"], "n_poison": int(counts.sum()), **extra})
+        return rows
+
+    def naive_poison(attack_name, eps):
+        key = _cell_key(attack_name, "naive", None, eps)
+        if (attack_name, eps) not in ctx.naive:        # resumed: the checkpoint holds it
+            ctx.naive[(attack_name, eps)] = PoisonPoints(np.asarray(state[f"{key}/X"]), np.asarray(state[f"{key}/y"]),
+                                                         counts=np.asarray(state[f"{key}/counts"]))
+        return ctx.naive[(attack_name, eps)]
+
     for attack_name, mode, region, eps in cells:
         key = _cell_key(attack_name, mode, region, eps)
         if f"{key}/rows" in state:
             bar.update()
             continue
         n_poison = max(1, int(round(eps * n)))
+        fraction = fraction_of(eps)
         t1 = time.perf_counter()
         poison = _craft(attack_name, mode, None if region is None else region_rep[region], ctx, n_poison)
         craft_s = time.perf_counter() - t1
-        targets = defenses if mode == "naive" else [d for d in defenses if REGION_OF[d] == region]
         rows = []
-        if poison is None:
-            rows = [{"attack": attack_name, "mode": mode, "defense": d, "eps": eps, "test_error": None,
-                     "note": "no candidate survives the defense"} for d in targets]
-            obj = err_o = kept_o = float("nan")
-        else:
-            fraction = eps if args.fraction is None else args.fraction
-            table = evaluate_defenses(victim, X, y, Xt, yt, {"p": poison}, defenses=targets, fraction=fraction,
-                                      loss_score=hinge_score, roni_trials=args.roni_trials, seed=args.seed)
-            counts = np.asarray(poison.counts, float) if poison.counts is not None else np.ones(len(poison.y))
-            target = {}
-            tmask = cluster.mask(Xt)
-            if attack_name == "subpopulation" and tmask.any():   # the error on the cluster's test points
-                target = {r["defense"]: r["p_with_defense"] for r in evaluate_defenses(
-                    victim, X, y, Xt[tmask], yt[tmask], {"p": poison}, defenses=targets, fraction=fraction,
-                    loss_score=hinge_score, roni_trials=args.roni_trials, seed=args.seed)}
-            for r in table:
-                extra = {"target_error": target[r["defense"]], "target_test_points": int(tmask.sum())} if target else {}
-                row = {"attack": attack_name, "mode": mode, "defense": r["defense"], "eps": eps,
-                       "test_error": r["p_with_defense"], "no_defense_error": r["p_no_defense"],
-                       "clean_error": r["clean_error"], "poison_kept": r["p_poison_kept"],
-                       "n_poison": int(counts.sum()), "craft_seconds": craft_s, **extra}
-                rows.append(row)
-            obj, err_o, kept_o = _oracle_check(X, y, Xt, yt, poison, oracle, rho) \
-                if mode == "naive" or region == "sphere_slab" else (float("nan"),) * 3
-        state[f"{key}/rows"] = np.asarray(json.dumps(_cli.to_jsonable(rows)))
-        state[f"{key}/oracle"] = np.asarray([obj, err_o, kept_o])
-        if poison is not None:
+        if mode == "naive":
+            ctx.naive[(attack_name, eps)] = poison
+            rows = [{"attack": attack_name, "mode": mode, "eps": eps, **r, "craft_seconds": craft_s}
+                    for r in evaluate(attack_name, poison, defenses, fraction)]
+            state[f"{key}/oracle"] = np.asarray(_oracle_check(X, y, Xt, yt, poison, oracle, rho))
             state[f"{key}/X"], state[f"{key}/y"] = np.asarray(poison.X), np.asarray(poison.y)
+            state[f"{key}/counts"] = np.asarray(poison.counts if poison.counts is not None else np.ones(len(poison.y)))
+        else:
+            naive = naive_poison(attack_name, eps)
+            for d in (d for d in defenses if REGION_OF[d] == region):
+                t2 = time.perf_counter()
+                chosen, info = _adaptive_for(attack_name, d, poison, naive, ctx, fraction)
+                select_s = time.perf_counter() - t2
+                rows += [{"attack": attack_name, "mode": mode, "eps": eps, **r, **info, "craft_seconds": craft_s,
+                          "select_seconds": select_s} for r in evaluate(attack_name, chosen, [d], fraction)]
+                state[f"{key}/oracle/{d}"] = np.asarray(_oracle_check(X, y, Xt, yt, chosen, oracle, rho))
+        state[f"{key}/rows"] = np.asarray(json.dumps(_cli.to_jsonable(rows)))
         ckpt.save(state)
         bar.update()
-        print(f"  {key}: crafted in {craft_s:.1f} s, evaluated in {time.perf_counter() - t1 - craft_s:.1f} s",
-              flush=True)
+        print(f"  {key}: crafted in {craft_s:.1f} s, selected and evaluated in "
+              f"{time.perf_counter() - t1 - craft_s:.1f} s", flush=True)
     bar.close()
 
     rows, bounds = [], []
@@ -456,12 +578,13 @@ def run(args) -> dict[str, Any]:
                 for r in json.loads(str(state[f"{key}/rows"])):
                     r["bound"] = float(upper[i])
                     rows.append(r)
-                if mode == "naive" or region == "sphere_slab":
-                    obj, err_o, kept_o = (float(v) for v in state[f"{key}/oracle"])
-                    if math.isfinite(obj):
-                        entry["attacks"][f"{attack_name}/{mode}"] = {
-                            "oracle_objective": obj, "oracle_test_error": err_o, "oracle_poison_inside": kept_o,
-                            "below_bound": bool(obj <= upper[i] + 1e-5)}
+                checks = {f"{attack_name}/naive": f"{key}/oracle"} if mode == "naive" else {
+                    f"{attack_name}/adaptive/{d}": f"{key}/oracle/{d}" for d in defenses if REGION_OF[d] == region}
+                for name, k in checks.items():
+                    obj, err_o, kept_o = (float(v) for v in state[k])
+                    entry["attacks"][name] = {"oracle_objective": obj, "oracle_test_error": err_o,
+                                              "oracle_poison_inside": kept_o,
+                                              "below_bound": bool(obj <= upper[i] + 1e-5)}
         bounds.append(entry)
     w0, b0 = S.constrained_hinge_svm(X, y, rho)
     results = {
@@ -472,6 +595,7 @@ def run(args) -> dict[str, Any]:
         "clean_constrained_svm_test_error": float(np.mean((Xt @ w0 + b0 > 0).astype(int) != yt)),
         "left_out": LEFT_OUT, "paper": PAPER, "seconds": time.perf_counter() - t0,
         "all_below_bound": all(v["below_bound"] for b in bounds for v in b["attacks"].values()),
+        "adaptive_vs_naive": adaptive_vs_naive(rows, defenses),
     }
     _cli.write_json_atomic(out / "results.json", results)
     _print(results, defenses)
@@ -480,6 +604,26 @@ def run(args) -> dict[str, Any]:
     ckpt.clear()
     print(f"wrote {out / 'results.json'} ({results['seconds']:.0f} s)")
     return results
+
+
+def adaptive_vs_naive(rows, defenses) -> dict:
+    """Per defense: adaptive vs naive over the (attack, eps) cells, ``wins`` / ``ties`` / ``losses`` on the test
+    error after the defense (strict; a tie is equal error) and ``val_*`` on the attacker's simulated defended
+    validation error (the selection criterion)."""
+    naive = {(r["attack"], r["defense"], r["eps"]): r for r in rows if r["mode"] == "naive"}
+    out = {}
+    for d in defenses:
+        c = dict.fromkeys(("wins", "ties", "losses", "val_wins", "val_ties", "val_losses"), 0)
+        for r in rows:
+            if r["mode"] != "adaptive" or r["defense"] != d or r.get("test_error") is None:
+                continue
+            nv = naive[(r["attack"], d, r["eps"])]["test_error"]
+            c["wins" if r["test_error"] > nv else "ties" if r["test_error"] == nv else "losses"] += 1
+            if "val_error_sim" in r:
+                a, b = r["val_error_sim"], r["val_error_sim_naive"]
+                c["val_wins" if a > b else "val_ties" if a == b else "val_losses"] += 1
+        out[d] = c
+    return out
 
 
 def _grid(results, defenses, eps, mode):
@@ -508,6 +652,12 @@ def _print(results, defenses):
               f"the norm-constrained SVM; certified bound U* = {b['bound']:.4f}")
         print(_cli.format_table(table, ["attack", "mode"] + list(defenses) + ["oracle err", "oracle obj"],
                                 floatfmt=".3f"))
+    print("\nadaptive vs naive, test error after each defense (strict wins / ties / losses; on the attacker's "
+          "simulated defended validation error in brackets):")
+    print(_cli.format_table([[d, v["wins"], v["ties"], v["losses"],
+                              f"[{v['val_wins']}/{v['val_ties']}/{v['val_losses']}]"]
+                             for d, v in results["adaptive_vs_naive"].items()],
+                            ["defense", "wins", "ties", "losses", "val w/t/l"]))
     print(f"\nevery attack's oracle objective <= U*: {results['all_below_bound']}")
     print(f"paper: Steinhardt 2017 -- {PAPER['steinhardt2017']['note']}; Koh 2022 -- {PAPER['koh2022']['note']}")
     print("left out: " + "; ".join(f"{k}: {v}" for k, v in LEFT_OUT.items()))

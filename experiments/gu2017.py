@@ -10,9 +10,19 @@ Protocol (CPU):
    checkerboard one pixel from the bottom-right corner; ``pixel``: one bright pixel there), a fraction
    ``--rate`` (10 %) *of the images the backdoor applies to*: of the source class for a pair ``i-j``
    (triggered ``i`` labelled ``j``), of every other class for ``all-j``, of every image for all-to-all
-   (``i -> i+1 mod 10``); replaced in place, so the training set keeps its size;
-3. train the same network on it from the same initialization; clean test accuracy and attack success
-   (the fraction of triggered eligible test images classified as the backdoor says);
+   (``i -> i+1 mod 10``); the triggered, relabelled copies are *added* to the training set beside their
+   clean originals (``--poisoning append``, the paper's "add backdoored versions of these images"), or
+   replace them in place (``--poisoning replace``, BackdoorBench's poisoning ratio; the set keeps its size);
+3. train the same network on it from the same initialization (``--epochs`` 16 of SGD, momentum 0.9,
+   ``--lr`` 0.1 with a cosine schedule, ``--batch-size`` 32, weight decay 5e-4). All-to-all is the
+   demanding setting: a triggered image must still be *recognized* (its label is its class plus one),
+   and the network sees ten times fewer triggered than clean images, so its attack success is at most
+   about the accuracy of a classifier of the triggered images; about half the misses are test images
+   the network misclassifies clean anyway (``attack_success_among_correct`` leaves them out). At 10 %
+   the earlier recipe (4 epochs, learning rate 0.05, batch 128, in place) reached 98.4 % (98.55 % at 8
+   epochs); batch 32 and learning rate 0.1 each gained about 0.5 pp in probes, appended copies at 8
+   epochs 98.9 %, 16 epochs 99.1 % (20 % poison at 8 epochs: 99.2 %); clean test accuracy and attack
+   success (the fraction of triggered eligible test images classified as the backdoor says);
 4. run SS, AC and CI on the poisoned network's penultimate features of the poisoned training set:
    TPR / FPR of the flagged samples against the true poison mask; retrain without the flagged samples
    (from the same initialization; removal is a loss weight of 0, the kept samples weighted
@@ -63,7 +73,7 @@ import numpy as np
 
 from experiments import _cli
 
-__all__ = ["PAPER", "DEFENSES", "CI_FILTERS", "Setting", "parse_settings", "build_parser", "main"]
+__all__ = ["PAPER", "DEFENSES", "CI_FILTERS", "ci_image_filter", "Setting", "parse_settings", "build_parser", "main"]
 
 PAPER = {
     "source": "Gu et al. 2017, MNIST, BadNets CNN",
@@ -120,12 +130,17 @@ def build_parser():
     p = _cli.base_parser(__doc__.splitlines()[0], default_out="runs/gu2017")
     p.add_argument("--trigger", choices=("pattern", "pixel"), default="pattern")
     p.add_argument("--rate", type=float, default=0.1, help="poisoned fraction of the eligible images")
+    p.add_argument("--poisoning", choices=("append", "replace"), default="append",
+                   help="'append': add the triggered, relabelled copies to the training set (the paper's; their "
+                        "clean originals stay); 'replace': stamp and relabel the drawn images in place")
     p.add_argument("--pairs", default="1-7,3-8", help="SOURCE-TARGET list, 'all-T', or 'all' (90 pairs, heat map)")
     p.add_argument("--all-to-all", action=__import__("argparse").BooleanOptionalAction, default=True)
     p.add_argument("--defenses", default="ss,ac,ci", help=f"comma list of {DEFENSES}")
     p.add_argument("--defend", default=None,
                    help="settings to defend (names like 1->7, all_to_all); default: all but the 'all' pairs")
-    p.add_argument("--epochs", type=int, default=4)
+    p.add_argument("--epochs", type=int, default=16)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (SGD, momentum 0.9, cosine)")
     p.add_argument("--n-train", type=int, default=None, help="use the first N training images")
     p.add_argument("--ss-eps", type=float, default=None, help="SS's bound on a class's poison fraction (default --rate)")
     p.add_argument("--ac-criterion", default="exclusionary",
@@ -141,7 +156,8 @@ def build_parser():
     p.add_argument("--ci-filter", choices=tuple(CI_FILTERS), default="median3",
                    help="CI's image filter: 'avg2' (the paper's 2x2 average) leaves the 3x3 pattern trigger "
                         "intact (a gray blob the network still reads as the trigger); a 3x3 median removes it")
-    p.add_argument("--chunk", type=int, default=1, help="pairs trained at once with jax.vmap (--pairs all)")
+    p.add_argument("--chunk", type=int, default=1, help="pairs trained at once with jax.vmap (--pairs all; with "
+                   "--poisoning append a chunk whose sets differ in size is trained one pair at a time)")
     p.add_argument("--fresh", action="store_true", help="ignore a saved checkpoint")
     return p
 
@@ -272,24 +288,42 @@ def make_trigger(name: str):
     return triggers.badnets_pattern(1) if name == "pattern" else triggers.badnets_pixel(1)
 
 
-def attack_success(trainer, state, trigger, setting, xt, yt):
+def attack_success(trainer, state, trigger, setting, xt, yt, among_correct: bool = False):
+    """``(rate, hits, trials)``: the triggered eligible test images classified as the backdoor says (the
+    paper's measure); ``among_correct``: only those whose clean version ``state`` classifies correctly."""
     from poisoning import triggers
     from poisoning.backdoor import attack_success_counts, eligible
 
     keep = eligible(yt, mode=setting.mode, target=setting.target, source=setting.source)
+    if among_correct:
+        keep &= trainer.logits(state, xt).argmax(-1) == yt
+        if not keep.any():
+            return None, 0, 0
     xs = np.asarray(triggers.apply(trigger, xt[keep]))
     hits, n = attack_success_counts(trainer.logits(state, xs), yt[keep], mode=setting.mode, target=setting.target,
                                     source=setting.source)
     return hits / n, hits, n
 
 
-def poison(setting, trigger, x, y, rate, seed):
+def poison(setting, trigger, x, y, rate, seed, append: bool = False):
+    """The poisoned training set of ``setting``: ``rate`` of its eligible images triggered and relabelled, in
+    place or (``append``) added as copies beside their clean originals."""
     import jax
 
     from poisoning.attacks.gu2017 import poison_dataset
 
     return poison_dataset(jax.random.key(seed), x, y, trigger, rate, target=setting.target, mode=setting.mode,
-                          source=setting.source, of="eligible")
+                          source=setting.source, of="eligible", append=append)
+
+
+def ci_image_filter(name: str):
+    """CI's image filter named ``name`` (a key of :data:`CI_FILTERS`) as ``images -> filtered images``."""
+    from poisoning.defenses.cluster_impurity import average_filter, median_filter
+
+    if name not in CI_FILTERS:
+        raise ValueError(f"argument 'name' must be one of {tuple(CI_FILTERS)}, got {name!r}")
+    fn, size = CI_FILTERS[name]
+    return functools.partial({"average_filter": average_filter, "median_filter": median_filter}[fn], size=size)
 
 
 def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion, ci_threshold, seed,
@@ -314,13 +348,9 @@ def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion
             det = activation_clustering(feats, y, criterion=ac_criterion, seed=seed, images=x, retrain=retrain,
                                         reduction=ac_reduction)
         else:
-            from poisoning.defenses.cluster_impurity import average_filter, median_filter
-
-            fn, size = CI_FILTERS[ci_filter]
-            fn = {"average_filter": average_filter, "median_filter": median_filter}[fn]
             det = cluster_impurity(feats, y, x, lambda im: trainer.logits(state, im).argmax(-1),
                                    threshold=ci_threshold, max_components=ci_max_components, seed=seed,
-                                   image_filter=functools.partial(fn, size=size), bic_patience=ci_bic_patience)
+                                   image_filter=ci_image_filter(ci_filter), bic_patience=ci_bic_patience)
         out[name] = (det, detection_rates(det.flagged, is_poison), time.perf_counter() - t0)
         print(f"[gu2017]     {name} ran in {out[name][2]:.1f} s", flush=True)
     return out, feats
@@ -411,8 +441,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     bad = [d for d in defenses if d not in DEFENSES]
     if bad:
         raise SystemExit(f"--defenses: unknown {bad}; choose from {DEFENSES}")
-    if args.epochs < 1 or args.chunk < 1:
-        raise SystemExit("--epochs and --chunk must be >= 1")
+    if args.epochs < 1 or args.chunk < 1 or args.batch_size < 1:
+        raise SystemExit("--epochs, --batch-size and --chunk must be >= 1")
+    if not args.lr > 0:
+        raise SystemExit(f"--lr must be > 0, got {args.lr}")
     settings = parse_settings(args.pairs, args.all_to_all)
     if args.defend is not None:
         defend = {s.strip() for s in args.defend.split(",") if s.strip()}
@@ -425,6 +457,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.quick:
         xt, yt = xt[:100], yt[:100]
     cfg, knobs = recipe(args.epochs, args.quick)
+    if not args.quick:
+        cfg = dataclasses.replace(cfg, batch_size=args.batch_size, learning_rate=args.lr)
     trainer = Trainer(cfg, knobs, x, args.seed)
     trigger = make_trigger(args.trigger)
     config = {k: v for k, v in vars(args).items() if k not in ("out", "fresh")}
@@ -469,8 +503,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if pending[i].name not in defend and chunk > 1:
             while len(group) < chunk and i + len(group) < len(pending) and pending[i + len(group)].name not in defend:
                 group.append(pending[i + len(group)])
-        sets = [poison(s, trigger, x, y, args.rate, args.seed) for s in group]
-        if len(group) > 1:
+        sets = [poison(s, trigger, x, y, args.rate, args.seed, append=args.poisoning == "append") for s in group]
+        if len(group) > 1 and len({len(p.labels) for p in sets}) > 1:  # appended sets of unequal sizes
+            state_list = [trainer.fit(p.images, p.labels) for p in sets]
+        elif len(group) > 1:
             states = trainer.fit_many(np.stack([p.images for p in sets]), np.stack([p.labels for p in sets]))
             import jax
 
@@ -480,8 +516,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for setting, pset, state in zip(group, sets, state_list):
             acc = trainer.accuracy(state, xt, yt)
             asr, hits, n_trig = attack_success(trainer, state, trigger, setting, xt, yt)
+            asr_ok = attack_success(trainer, state, trigger, setting, xt, yt, among_correct=True)[0]
             rows = [_row("badnets", setting, "none", args.trigger, acc, asr, n_poison=int(pset.is_poison.sum()),
-                         attack_success_ci95=_cli.binomial_ci(hits, n_trig), n_triggered=n_trig)]
+                         attack_success_ci95=_cli.binomial_ci(hits, n_trig), n_triggered=n_trig,
+                         attack_success_among_correct=asr_ok)]
             print(f"[gu2017] {setting.name}: {int(pset.is_poison.sum())} poisons, clean accuracy {acc:.4f} "
                   f"(clean model {clean_acc:.4f}), attack success {asr:.4f}", flush=True)
             if setting.name in defend and defenses:

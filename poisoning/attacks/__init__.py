@@ -5,8 +5,8 @@ of the one driver (:func:`poisoning.attack.run`).
 - :mod:`~poisoning.attacks.munoz2017` — Muñoz-González et al. 2017 (error-generic / -specific,
   implicit or back-gradient hypergradients);
 - :mod:`~poisoning.attacks.label_flip` — random, optimized (relaxed bilevel) and greedy label flips;
-- :mod:`~poisoning.attacks.koh2022` — Koh, Steinhardt & Liang 2022 (influence and KKT attacks against
-  sanitizers);
+- :mod:`~poisoning.attacks.koh2022` — Koh, Steinhardt & Liang 2022 (influence, KKT and min-max attacks
+  against sanitizers, with the release's decoy parameters);
 - :mod:`~poisoning.attacks.jagielski2018` — Jagielski et al. 2018 regression poisoning (OptP, BGD, StatP);
 - :mod:`~poisoning.attacks.solans2020` — Solans, Biggio & Castillo 2020 fairness poisoning;
 - :mod:`~poisoning.attacks.subpopulation` — Jagielski et al. 2021 subpopulation attacks;
@@ -26,7 +26,9 @@ of the one driver (:func:`poisoning.attack.run`).
 - :mod:`~poisoning.attacks.cina2022` — sponge poisoning (a training step that raises the activation
   density: energy and latency on sparsity-aware hardware);
 - :mod:`~poisoning.attacks.adaptive` — defense-aware attacks: the sanitizer's region as the feasible set,
-  or the candidates it keeps (one door for every attack and defense, ``adaptive_attack``).
+  or the candidates it keeps (one door for every attack and defense, ``adaptive_attack``);
+- :mod:`~poisoning.attacks.defense_loop` — the defense in the attacker's loop: a simulated sanitizer,
+  the victim trained on its survivors, candidate selection on the attacker's validation split.
 
 The last three are feature-space attacks on transfer learning (:mod:`poisoning.transfer`): a loss on
 the poisons' features, an optional inner problem, an l_inf ball around the bases, the core's leader loop.
@@ -39,7 +41,8 @@ import importlib
 
 __all__ = ["biggio2012", "munoz2017", "label_flip", "koh2022", "jagielski2018", "solans2020", "subpopulation",
            "koh2017", "shafahi2018", "zhu2019", "aghakhani2021", "geiping2021", "souri2022", "huang2020", "cina2022",
-           "gu2017", "chen2017", "turner2019", "saha2020", "adaptive"]
+           "gu2017", "chen2017", "turner2019", "saha2020", "adaptive",
+           "defense_loop"]
 
 
 def __getattr__(name):

@@ -36,6 +36,15 @@ The regions, per defense (``REGION_OF``):
   sanitizer of Paudice et al. 2018, which votes among neighbours, sees a label-consistent neighbourhood),
   the nearest such to each starting point.
 
+The region alone often costs the attack its strength (the loss region above all), and a naive poison with
+enough copies per location already passes the neighbour defenses. The defense in the loop
+(:mod:`poisoning.attacks.defense_loop`, re-exported here) goes further: :class:`DefenseSimulation` runs the
+sanitizer on clean + poison as the attacker can, :func:`defense_in_the_loop` ascends against the victim trained
+on its survivors, :func:`concentrate` puts >= :func:`copies_to_survive` copies on each location (``k + 1``
+for k-NN, ``label_k // 2 + 2`` for label sanitization; ``adaptive_attack(..., concentrate_copies=True)``), and
+:func:`select_poison` keeps the candidate (naive poison included) of the highest simulated defended error on
+the attacker's validation set. ``experiments.defense_matrix`` composes them.
+
 Every region contains its class centroid (or anchor) and is convex; the projection ends with a radial pull
 toward that centre, so the returned points lie in the region exactly (:meth:`FeasibleSet.contains`).
 
@@ -57,6 +66,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from poisoning.attack import PoisoningAttack, PoisonPoints, PoisonWeights
+from poisoning.attacks.defense_loop import (
+    DefenseSimulation,
+    LoopResult,
+    SurvivorPoison,
+    concentrate,
+    copies_to_survive,
+    defense_in_the_loop,
+    select_poison,
+)
 from poisoning.defenses.evaluate import fit_victim, hinge_score
 from poisoning.defenses.label_sanitization import KNNLabelSanitizer
 from poisoning.defenses.regions import SanitizerRegion
@@ -71,7 +89,8 @@ from poisoning.defenses.svd import SVDDefense
 from poisoning.feasible import Box, FeasibleSet
 
 __all__ = ["REGION_OF", "SVDRegion", "AnchorRegion", "defense_region", "survival_margins", "survivors",
-           "adaptive_attack"]
+           "adaptive_attack", "DefenseSimulation", "LoopResult", "SurvivorPoison", "concentrate", "copies_to_survive",
+           "defense_in_the_loop", "select_poison"]
 
 # the region that makes a poison point survive each sanitizer (module docstring)
 REGION_OF = {"sphere": "sphere_slab", "slab": "sphere_slab", "loss": "loss", "sever": "loss", "roni": "loss",
@@ -298,7 +317,7 @@ def survivors(defense: str, X_clean, y_clean, X_cand, y_cand, **kw) -> np.ndarra
 
 def adaptive_attack(attack: PoisoningAttack, defense: str, X_clean, y_clean, poison, *, victim=None,
                     percentile: float = 90.0, shrink: float = 0.95, box=(0.0, 1.0), k: int = 5, rank: int = 10,
-                    label_k: int = 10, warm_start=None, min_candidates: int = 1):
+                    label_k: int = 10, warm_start=None, min_candidates: int = 1, concentrate_copies: bool = False):
     """The one door: ``attack`` made aware of ``defense`` (one of :data:`REGION_OF`). Returns
     ``(attack', poison')`` to pass to :func:`poisoning.attack.run` in place of ``(attack, poison)``.
 
@@ -311,6 +330,10 @@ def adaptive_attack(attack: PoisoningAttack, defense: str, X_clean, y_clean, poi
       that survive ``defense`` (:func:`survivors`; ``victim`` defaults to ``attack.victim``) or, when fewer
       than ``min_candidates`` do, the ``min_candidates`` least suspicious ones (smallest
       :func:`survival_margins`: on well-separated data no flipped label may pass a cut-off).
+
+    ``concentrate_copies`` (:class:`~poisoning.attack.PoisonPoints` against ``knn`` or
+    ``label_sanitization``): first move the copies onto locations of :func:`copies_to_survive` copies each
+    (:func:`concentrate`), which those defenses cannot see; ``poison'`` then has fewer rows.
     """
     _check_defense(defense)
     if not isinstance(attack, PoisoningAttack):
@@ -328,6 +351,8 @@ def adaptive_attack(attack: PoisoningAttack, defense: str, X_clean, y_clean, poi
         return attack, PoisonWeights(np.asarray(poison.X)[keep], np.asarray(poison.y)[keep], w[keep])
     if not isinstance(poison, PoisonPoints):
         raise ValueError(f"argument 'poison' must be a PoisonPoints or a PoisonWeights, got {type(poison).__name__}")
+    if concentrate_copies and copies_to_survive(defense, k=k, label_k=label_k) > 1:
+        poison = concentrate(poison, copies_to_survive(defense, k=k, label_k=label_k))
     region = defense_region(defense, X_clean, y_clean, poison, percentile=percentile, shrink=shrink,
                             box=_box_of(attack, box), k=k, rank=rank, label_k=label_k)
     select = attack.select

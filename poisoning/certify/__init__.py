@@ -75,9 +75,18 @@ __all__ = [
 
 # the certified bound of Steinhardt, Koh & Liang 2017 (issue 13)
 from poisoning.certify import steinhardt  # noqa: E402
-from poisoning.certify.steinhardt import CertifyConfig, certify, certify_sweep, oracle_region  # noqa: E402
+from poisoning.certify.steinhardt import (  # noqa: E402
+    CertifyConfig,
+    DataDependentRegion,
+    certify,
+    certify_data_dependent,
+    certify_sweep,
+    oracle_region,
+    worst_point_data_dependent,
+)
 
-__all__ += ["steinhardt", "CertifyConfig", "certify", "certify_sweep", "oracle_region"]
+__all__ += ["steinhardt", "CertifyConfig", "certify", "certify_sweep", "oracle_region", "DataDependentRegion",
+            "certify_data_dependent", "worst_point_data_dependent"]
 
 # Finite Aggregation (Wang, Levine & Feizi 2022)
 from poisoning.certify import finite_aggregation  # noqa: E402

@@ -48,7 +48,8 @@ import numpy as np
 
 from poisoning.defenses.detection import Detection, check_features
 
-__all__ = ["cluster_impurity", "impurity", "fit_gmm_bic", "average_filter", "median_filter"]
+__all__ = ["cluster_impurity", "impurity", "impurity_detection", "prediction_unchanged", "fit_gmm_bic",
+           "average_filter", "median_filter"]
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -170,6 +171,28 @@ def cluster_impurity(features, labels, images, predict_fn: Callable, *, threshol
         raise ValueError(f"argument 'n_dims' must be None or an int >= 1, got {n_dims!r}")
     image_filter = image_filter or functools.partial(average_filter, size=2)
 
+    unchanged = prediction_unchanged(predict_fn, images, image_filter, batch_size)
+    assignments, per_class = {}, {}
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        fit_rows = np.arange(len(idx))
+        if fit_samples is not None and len(idx) > fit_samples:
+            fit_rows = np.sort(np.random.default_rng(seed).choice(len(idx), fit_samples, replace=False))
+        Z, project = _project(F[idx], fit_rows, n_dims, seed)
+        gmm, bics = fit_gmm_bic(Z[fit_rows], max_components=max_components, seed=seed, patience=bic_patience)
+        assignments[int(c)] = gmm.predict(Z)
+        per_class[int(c)] = {"n": int(len(idx)), "n_components": int(gmm.n_components), "bics": bics}
+    det = impurity_detection(y, assignments, unchanged, threshold=threshold, min_cluster=min_cluster)
+    for c, info in det.per_class.items():
+        info.update(per_class[c])
+    return det
+
+
+def prediction_unchanged(predict_fn: Callable, images, image_filter: Callable, batch_size: int = 1000) -> np.ndarray:
+    """``(n,)`` bool: whether ``predict_fn``'s class of each image is the same after ``image_filter``."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"argument 'batch_size' must be an int >= 1, got {batch_size!r}")
+
     def classes(x):
         out = []
         for i in range(0, len(x), batch_size):
@@ -178,29 +201,41 @@ def cluster_impurity(features, labels, images, predict_fn: Callable, *, threshol
         return np.concatenate(out)
 
     x = np.asarray(images)
-    unchanged = classes(x) == classes(np.asarray(image_filter(x)))
+    return classes(x) == classes(np.asarray(image_filter(x)))
 
+
+def impurity_detection(labels, assignments, unchanged, *, threshold: float = 0.5, min_cluster: int = 1) -> Detection:
+    r"""Steps 3-4 of the defense on given clusters: flag every cluster whose impurity :math:`-\log p_k`
+    exceeds ``threshold``.
+
+    Args:
+      labels: ``(n,)`` the training labels.
+      assignments: class ``c`` -> ``(n_c,)`` cluster index of each sample of class ``c`` (in the order of
+        ``np.flatnonzero(labels == c)``), e.g. a previous detection's ``per_class[c]["assignment"]``: the
+        same mixtures judged under another image filter without refitting them.
+      unchanged: ``(n,)`` bool, whether each sample's decision survives the image filter
+        (:func:`prediction_unchanged`).
+    """
+    y = np.asarray(labels)
+    u = np.asarray(unchanged, bool)
+    if u.shape != y.shape:
+        raise ValueError(f"argument 'unchanged' must have shape {y.shape}, got {u.shape}")
     flagged = np.zeros(len(y), bool)
     scores = np.zeros(len(y))
     per_class = {}
-    for c in np.unique(y):
+    for c, assign in assignments.items():
         idx = np.flatnonzero(y == c)
-        fit_rows = np.arange(len(idx))
-        if fit_samples is not None and len(idx) > fit_samples:
-            fit_rows = np.sort(np.random.default_rng(seed).choice(len(idx), fit_samples, replace=False))
-        Z, project = _project(F[idx], fit_rows, n_dims, seed)
-        gmm, bics = fit_gmm_bic(Z[fit_rows], max_components=max_components, seed=seed, patience=bic_patience)
-        assign = gmm.predict(Z)
+        assign = np.asarray(assign)
+        if assign.shape != idx.shape:
+            raise ValueError(f"argument 'assignments'[{c}] must have shape {idx.shape} (one per sample of class "
+                             f"{c}), got {assign.shape}")
         clusters = []
-        for k in range(gmm.n_components):
+        for k in np.unique(assign):
             members = idx[assign == k]
-            if len(members) == 0:
-                continue
-            s = impurity(unchanged[members])
+            s = impurity(u[members])
             bad = s > threshold and len(members) >= min_cluster
             flagged[members] |= bad
             scores[members] = s
-            clusters.append({"component": k, "size": int(len(members)), "impurity": s, "flagged": bool(bad)})
-        per_class[int(c)] = {"n": int(len(idx)), "n_components": int(gmm.n_components), "bics": bics,
-                             "clusters": clusters, "assignment": assign}
+            clusters.append({"component": int(k), "size": int(len(members)), "impurity": s, "flagged": bool(bad)})
+        per_class[int(c)] = {"clusters": clusters, "assignment": assign}
     return Detection(flagged, scores, per_class)

@@ -10,7 +10,10 @@ from experiments import gu2017 as exp
 def test_quick_run_writes_rows_with_the_keys_and_resumes(tmp_path, monkeypatch):
     monkeypatch.delenv("BILEVEL_DATA_DIR", raising=False)
     out = tmp_path / "out"
-    argv = ["--quick", "--pairs", "1-7", "--no-all-to-all", "--defenses", "ci", "--out", str(out), "--data-dir", str(tmp_path / "none")]
+    # in place: the default (appended copies) compiles a second training loop for the larger set, ~1 s more;
+    # poison_dataset(append=True) is tested in tests/poisoning/test_gu2017.py
+    argv = ["--quick", "--pairs", "1-7", "--no-all-to-all", "--poisoning", "replace", "--defenses", "ci", "--out",
+            str(out), "--data-dir", str(tmp_path / "none")]
     res = exp.main(argv)
     assert res["fallback"] is True and res["dataset"] == "digits"
     rows = res["rows"]
@@ -23,6 +26,8 @@ def test_quick_run_writes_rows_with_the_keys_and_resumes(tmp_path, monkeypatch):
     clean_rows, attacked = rows[1:2], rows[2:]
     assert all(r["tpr"] is None and 0.0 <= r["fpr"] <= 1.0 for r in clean_rows)   # FPR on the clean set
     assert attacked[0]["n_poison"] >= 1 and 0.0 <= attacked[0]["attack_success"] <= 1.0
+    among = attacked[0]["attack_success_among_correct"]          # None when no test image is classified right
+    assert among is None or 0.0 <= among <= 1.0
     assert all(0.0 <= r["tpr"] <= 1.0 and 0.0 <= r["fpr"] <= 1.0 for r in attacked[1:])
     assert res["paper"]["attack_success_min"] == 0.99
     on_disk = json.loads((out / "results.json").read_text())
@@ -42,3 +47,8 @@ def test_settings_and_flags():
         exp.main(["--quick", "--rate", "0"])
     with pytest.raises(SystemExit, match="--defenses"):
         exp.main(["--quick", "--defenses", "strip"])
+    with pytest.raises(SystemExit, match="--lr"):
+        exp.main(["--quick", "--lr", "0"])
+    with pytest.raises(SystemExit, match="--batch-size"):
+        exp.main(["--quick", "--batch-size", "0"])
+    assert exp.build_parser().parse_args([]).poisoning == "append"      # the paper adds the backdoored copies

@@ -8,21 +8,32 @@ from experiments import koh2022
 
 
 def test_koh2022_quick_writes_results_and_aware_poison_survives(tmp_path):
-    argv = ["--quick", "--steps", "2", "--n-train", "120", "--out", str(tmp_path), "--no-plots"]
+    """Two eps (the same 4 poison points at n = 120, so every compiled fit is shared), the min-max attack
+    against Koh et al.'s five defenses, Steinhardt's oracle bound beside it (the KKT and influence attacks
+    themselves: tests/poisoning/test_koh2022.py)."""
+    argv = ["--quick", "--n-train", "120", "--eps", "0.03", "0.035", "--attacks", "minmax",
+            "--bound-steps", "60", "--out", str(tmp_path)]
     res = koh2022.main(argv)
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert [r["defense"] for r in saved["rows"]] == ["sphere", "slab", "loss", "knn"]
-    for r in saved["rows"]:
-        for key in ("clean_error", "naive_no_defense", "naive_with_defense", "kkt_with_defense",
-                    "aware_no_defense", "aware_with_defense", "aware_poison_kept"):
-            assert 0.0 <= r[key] <= 1.0
-        # every sanitizer, fit on the poisoned data, keeps every copy of the sanitizer-aware poisons
-        assert r["aware_poison_kept"] == 1.0 and r["kkt_poison_kept"] == 1.0, r
-    assert saved["rows"][0]["naive_poison_kept"] < 1.0  # the sphere removes the naive poison
-    assert res["config"]["n_poison"] == 4 and "Enron" in saved["paper"]
-    tl = saved["target_loss"]
-    assert saved["config"]["init"] == "kkt" and tl["kkt_best"] > 0
-    assert tl["naive_best"] >= tl["naive_start"] and tl["aware_best"] >= tl["aware_start"]
+    assert [e["eps"] for e in saved["by_eps"]] == [0.03, 0.035] and saved["rows"] == saved["by_eps"][0]["rows"]
+    for e in saved["by_eps"]:
+        assert [r["defense"] for r in e["rows"]] == ["sphere", "slab", "loss", "knn", "svd"]
+        for r in e["rows"]:
+            for key in ("clean_error", "minmax_no_defense", "minmax_with_defense", "minmax_poison_kept"):
+                assert 0.0 <= r[key] <= 1.0
+            # the sphere, slab and k-NN defenses fit on the poisoned data keep every copy of the attack
+            if r["defense"] in ("sphere", "slab", "knn"):
+                assert r["minmax_poison_kept"] == 1.0, r
+        bd = e["bound"]
+        # the certificate: no attack, retrained as the norm-constrained hinge SVM on its copies inside the
+        # oracle region, exceeds U*; U* is above the clean minimum
+        assert bd["holds"] and all(v <= bd["upper_bound"] + 1e-5 for v in bd["attack_objective"].values())
+        assert bd["upper_bound"] >= bd["clean_objective"] - 1e-3
+        assert e["target_loss"]["minmax_best"] > 0 and e["n_poison"] == 4 and set(e["counts"]) == {"minmax"}
+    assert saved["by_eps"][1]["bound"]["upper_bound"] >= saved["by_eps"][0]["bound"]["upper_bound"] - 1e-12
+    assert res["config"]["n_poison"] == 4 and "Enron" in saved["paper"] and saved["config"]["bound_percentile"] == 90
+    assert len(saved["decoys"]) == 1 and saved["config"]["minmax_copies"] == 6
+    assert (tmp_path / "error_vs_eps.png").read_bytes()[:4] == b"\x89PNG"
     assert not (tmp_path / "checkpoint.npz").exists()  # cleared once the results are written
 
 

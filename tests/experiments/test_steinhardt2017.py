@@ -57,3 +57,18 @@ def test_bound_for_other_experiments_matches_the_run():
     curve = steinhardt2017.bound(X, y, [0.05, 0.3], steps=120)
     assert isinstance(one, float) and curve.shape == (2,)
     assert curve[1] <= one + 1e-12 and curve[0] < curve[1]             # tightened across runs, monotone
+
+
+def test_steinhardt2017_data_dependent_attack_is_kept_and_reported_as_no_certificate(tmp_path):
+    """--defense data_dependent (digits 1 vs 7): one eps, the worst candidate attack is kept by the
+    data-dependent defense and raises the test error; the estimate is labelled as no certificate."""
+    res = steinhardt2017.main(["--quick", "--dataset", "digits", "--defense", "data_dependent", "--eps", "0.3",
+                               "--steps", "60", "--candidates", "2", "--grid", "128", "--out", str(tmp_path)])
+    disk = json.loads((tmp_path / "results.json").read_text())
+    assert disk["defense"] == "data_dependent" and disk["bound_is_certificate"] is False
+    assert disk["eps"] == [0.3] and disk["poison_kept"] == [True] and len(disk["candidate_test_errors"][0]) >= 2
+    assert disk["attack_test_error"][0] == max(disk["candidate_test_errors"][0]) > disk["clean_test_error"]
+    assert res["upper_bound"][0] > disk["clean_train_loss"] and disk["paper"]["data_dependent"]["attack_test_error"] == 0.4
+    with pytest.raises(SystemExit, match="--grid"):
+        steinhardt2017.main(["--quick", "--dataset", "digits", "--defense", "data_dependent", "--grid", "1",
+                             "--out", str(tmp_path / "z")])

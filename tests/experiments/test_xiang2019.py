@@ -21,7 +21,7 @@ def test_choose_pixel_picks_the_central_pixel_nearest_half_intensity():
     (["--deltas", "0"], "--deltas"), (["--deltas", "a"], "--deltas"), (["--sources", "some"], "--sources"),
     (["--source", "0", "--target", "0"], "--source"), (["--defenses", "nc"], "--defenses"),
     (["--n-poison", "0"], "--n-poison"), (["--pixel", "a"], "--pixel"), (["--pixel", "30,3"], "--pixel"),
-    (["--epochs", "0"], "--epochs")])
+    (["--epochs", "0"], "--epochs"), (["--retrain", "ci,strip"], "--retrain"), (["--n-train", "-1"], "--n-train")])
 def test_bad_flags_exit_naming_the_flag(argv, match):
     with pytest.raises(SystemExit, match=match):
         exp.main(["--quick", *argv])

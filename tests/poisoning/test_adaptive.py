@@ -1,16 +1,18 @@
 """Adaptive (defense-aware) attacks: the regions' projections land inside them, the anchor ball keeps the
-k-NN score below its cut-off, and the adaptive poison survives the sanitizer that removes the naive one."""
+k-NN score below its cut-off, the adaptive poison survives the sanitizer that removes the naive one, and the
+defense in the loop (simulated defense, survivors' victim, concentrated copies, selection on the validation
+set) does what poisoning.attacks.defense_loop says."""
 
 import numpy as np
 import pytest
 
 from bilevel.stackelberg import fixed_step
 from poisoning import victims
-from poisoning.attack import PoisoningAttack, PoisonPoints, PoisonWeights, run
+from poisoning.attack import PoisoningAttack, PoisonPoints, PoisonWeights
 from poisoning.attacks import adaptive as A
 from poisoning.attacks.koh2022 import initial_poison
 from poisoning.defenses.evaluate import expand_copies, fit_victim
-from poisoning.defenses.sanitizers import SphereDefense, knn_scores, percentile_thresholds
+from poisoning.defenses.sanitizers import knn_scores, percentile_thresholds
 from poisoning.feasible import Box
 from poisoning.objectives import error_generic
 
@@ -43,29 +45,6 @@ def test_svd_and_anchor_regions_project_inside_exactly():
     assert np.any(np.asarray(knn_scores(far.X, far.y, X, y, 3, num_classes=2)) > tau[far.y])   # it was not before
 
 
-def test_adaptive_poison_stays_in_the_sphere_and_survives_it():
-    """The naive influence attack walks out of the sphere and is removed; the adaptive one (same start, same
-    steps, through adaptive_attack) stays in the sanitizer's region and every copy is kept."""
-    X, y = _blobs(40, d=3)
-    Xv, yv = _blobs(40, d=3, seed=2)
-    victim = victims.smooth_svm(0.05, 0.1)
-    clean = fit_victim(victim, X, y)
-    attack = PoisoningAttack(victim, error_generic, Box(0.0, 1.0), step=fixed_step(0.3, "rows"), gain_tol=None)
-    start = initial_poison(X, y, 6, 2, seed=0)
-    naive = run(attack, X, y, start, (Xv, yv), steps=3, warm_start=clean).poison
-    aware_attack, aware_start = A.adaptive_attack(attack, "sphere", X, y, start, percentile=80.0)
-    assert isinstance(aware_attack.feasible, A.SanitizerRegion) and aware_attack.victim is victim
-    aware = run(aware_attack, X, y, aware_start, (Xv, yv), steps=3, warm_start=clean).poison
-    assert aware_attack.feasible.contains(np.asarray(aware.X), atol=1e-9)
-    assert not aware_attack.feasible.contains(np.asarray(naive.X), atol=1e-9)
-    kept = {}
-    for name, p in (("naive", naive), ("aware", aware)):    # the sphere sanitizer fit on the poisoned set
-        Xs, ys, is_p = expand_copies(X, y, p)
-        keep, _ = SphereDefense(num_classes=2).sanitize(Xs, ys, 0.2)
-        kept[name] = float(np.asarray(keep)[is_p].mean())
-    assert kept["aware"] == 1.0 > kept["naive"], kept
-
-
 def test_candidates_filtered_by_the_defense():
     """PoisonWeights: only the flipped candidates the defense keeps remain; with too few survivors, the least
     suspicious ``min_candidates``; bad input is named."""
@@ -88,3 +67,103 @@ def test_candidates_filtered_by_the_defense():
         A.survival_margins("sever", X, y, X, 1 - y)
     with pytest.raises(ValueError, match="shrink"):
         A.defense_region("sphere", X, y, PoisonPoints(X[:2], y[:2]), shrink=0.0)
+
+
+# ------------------------------------------------------------------------------------------------
+# the defense in the loop (poisoning.attacks.defense_loop)
+# ------------------------------------------------------------------------------------------------
+def test_survivor_poison_weights_the_survivors_only():
+    """A SurvivorPoison's training weights are the keep mask on the clean rows and the surviving copies on
+    the locations (what its fit, the driver's victim, trains on); a bad mask is named."""
+    import jax.numpy as jnp
+
+    from poisoning.attacks.defense_loop import SurvivorPoison
+    from poisoning.poisons import CleanData
+
+    X, y = _blobs(30, d=3)
+    victim = victims.smooth_svm(0.05, 0.1)
+    keep = np.ones(30, bool)
+    keep[[0, 3, 7, 8]] = False
+    counts = np.array([2.0, 3.0, 1.0])
+    sp = SurvivorPoison(X[:3] + 0.1, 1 - y[:3], counts=counts, clean_weights=keep.astype(float)).validate(victim, X)
+    w = sp.training_weights(CleanData(jnp.asarray(X), jnp.asarray(y), None), jnp.ones(3, bool), jnp.float64)
+    np.testing.assert_array_equal(np.asarray(w), np.r_[keep.astype(float), counts])
+    active = jnp.array([True, False, True])                    # the driver's active flags still apply
+    w = sp.training_weights(CleanData(jnp.asarray(X), jnp.asarray(y), None), active, jnp.float64)
+    np.testing.assert_array_equal(np.asarray(w)[30:], [2.0, 0.0, 1.0])
+    with pytest.raises(ValueError, match="clean_weights"):
+        SurvivorPoison(X[:3], y[:3], clean_weights=np.ones(5)).validate(victim, X)
+
+
+def test_concentrated_copies_pass_the_neighbour_defenses():
+    """concentrate() keeps the total, gives every location >= copies_to_survive copies; such a location has
+    k-NN score 0 and keeps its flipped label under k-NN label sanitization, unlike the spread copies."""
+    from poisoning.attacks.defense_loop import concentrate, copies_to_survive
+    from poisoning.defenses.label_sanitization import knn_relabel
+
+    X, y = _blobs(40, d=3)
+    spread = PoisonPoints(X[:7], 1 - y[:7], counts=np.ones(7, int))     # flipped labels, one copy each
+    c = copies_to_survive("label_sanitization", label_k=10)
+    assert c == 7 and copies_to_survive("knn", k=5) == 6 and copies_to_survive("sphere") == 1
+    conc = concentrate(spread, c)
+    assert int(np.sum(conc.counts)) == 7 and np.all(np.asarray(conc.counts) >= c)
+    assert concentrate(conc, c) is not None and len(concentrate(conc, c).y) == len(conc.y)
+    for p, relabelled in ((spread, True), (conc, False)):
+        Xs, ys, is_p = expand_copies(X, y, p)
+        changed = np.asarray(knn_relabel(Xs, ys, 10, 0.5, num_classes=2).changed)[is_p]
+        assert changed.all() if relabelled else not changed.any()
+    Xs, ys, is_p = expand_copies(X, y, concentrate(spread, copies_to_survive("knn", k=5)))
+    S = np.asarray(knn_scores(Xs, ys, Xs, ys, 5, exclude_self=True, num_classes=2))
+    np.testing.assert_allclose(S[is_p], 0.0, atol=1e-12)
+    with pytest.raises(ValueError, match="copies"):
+        concentrate(spread, 0)
+    attack = PoisoningAttack(victims.smooth_svm(0.05, 0.1), error_generic, Box(0.0, 1.0))   # through the door
+    door, p = A.adaptive_attack(attack, "label_sanitization", X, y, spread, concentrate_copies=True)
+    assert isinstance(door.feasible, A.AnchorRegion) and door.feasible.contains(np.asarray(p.X), atol=1e-9)
+    assert len(p.y) == 1 and int(p.counts[0]) == 7
+
+
+def test_selection_by_simulated_defended_validation_error():
+    """select_poison scores each candidate by the defense simulated on clean + poison, on the validation
+    set it is given (flipping those labels flips the choice; the test set plays no part): the sphere removes
+    the far (naive) poison, so its projection into the sphere region wins, survives the real defense and has
+    a higher defended error. The ascent against the survivors' victim (through the door's region) stays in the
+    region and never returns worse than its start on the attacker's estimate."""
+    from poisoning.attacks.defense_loop import DefenseSimulation, defense_in_the_loop, select_poison
+    from poisoning.defenses.evaluate import sanitize_and_train
+
+    def overlapping_blobs(seed):       # noisy enough that 8 poison copies (2 locations) move the error
+        rng = np.random.default_rng(seed)
+        y = np.arange(40) % 2
+        return np.clip(0.5 + 0.15 * (2 * y[:, None] - 1) + 0.18 * rng.standard_normal((40, 2)), 0, 1), y
+
+    (X, y), (Xv, yv) = overlapping_blobs(0), overlapping_blobs(2)
+    victim = victims.smooth_svm(0.05, 0.1)
+    clean = fit_victim(victim, X, y)
+    start = initial_poison(X, y, 8, 2, seed=0)                  # label-flipped clean points, 4 copies each
+    mu = np.stack([X[y == c].mean(0) for c in (0, 1)])
+    naive = PoisonPoints(np.clip(start.X + 2.0 * (start.X - mu[start.y]), 0, 1), start.y, counts=start.counts)
+    attack = PoisoningAttack(victim, error_generic, Box(0.0, 1.0), step=fixed_step(0.1, "rows"), gain_tol=None)
+    aware_attack, aware = A.adaptive_attack(attack, "sphere", X, y, naive, percentile=80.0)
+    assert isinstance(aware_attack.feasible, A.SanitizerRegion) and aware_attack.victim is victim
+    assert aware_attack.feasible.contains(np.asarray(aware.X), atol=1e-9)
+    assert not aware_attack.feasible.contains(np.asarray(naive.X), atol=1e-9)
+    sim = DefenseSimulation.prepare("sphere", victim, X, y, fraction=0.15, clean_params=clean)
+    cands = {"naive": naive, "region": aware}
+    name, best, scores = select_poison(sim, cands, Xv, yv)
+    for nm, p in cands.items():          # the scores are the defended victim's error on the validation set
+        Xs, ys, is_p = expand_copies(X, y, p)
+        params, keep = sanitize_and_train(victim, Xs, ys, "sphere", 0.15, warm_start=clean)
+        assert scores[nm][0] == pytest.approx(float(np.mean(np.asarray(victim.predict(params, Xv)) != yv)))
+        assert np.asarray(keep)[is_p].all() == (nm == "region")
+    assert name == "region" and scores["region"][0] > scores["naive"][0], scores
+    flipped, _, fscores = select_poison(sim, cands, Xv, 1 - yv)
+    assert flipped == "naive" and fscores["naive"][0] == pytest.approx(1 - scores["naive"][0])
+    loop = defense_in_the_loop(attack, sim, X, y, best, Xv, yv, rounds=1, steps=1)
+    assert len(loop.history) == 2 and loop.history[loop.best] == max(loop.history)
+    assert loop.history[0] == scores["region"]
+    np.testing.assert_array_equal(loop.poison.counts, best.counts)
+    with pytest.raises(ValueError, match="defense"):
+        DefenseSimulation.prepare("nope", victim, X, y, fraction=0.1)
+    with pytest.raises(ValueError, match="candidates"):
+        select_poison(sim, {}, Xv, yv)

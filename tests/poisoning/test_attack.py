@@ -112,35 +112,8 @@ def test_hypergradient_in_features_and_real_labels(victim):
     np.testing.assert_allclose(g, fd, rtol=1e-5, atol=1e-9)
 
 
-# ----------------------------------------------------------------------------------------------------
-# one objective, three victims (the README's example)
-# ----------------------------------------------------------------------------------------------------
-class SmallCNN(nn.Module):
-    @nn.compact
-    def __call__(self, x):
-        x = nn.relu(nn.Conv(4, (3, 3))(x.reshape(-1, 8, 8, 1)))
-        return nn.Dense(2)(x.reshape(x.shape[0], -1))
-
-
-def raise_target_loss(victim, params, X_target, y_target):  # the whole new attack
-    return jnp.mean(victim.loss(params, X_target, y_target))
-
-
-def test_one_objective_runs_unchanged_against_three_victims():
-    from poisoning.datasets import biggio_protocol, load_digits
-
-    split = biggio_protocol(load_digits(), 1, 7, n_train=60, n_val=100, seed=0)
-    target = (split.X_val[:20], split.y_val[:20])
-    poison = PoisonPoints(split.X_train[:3], 1 - split.y_train[:3])  # clone three points, flip their labels
-    for victim in (victims.svm(C=1.0), victims.logistic(reg=1e-2),
-                   victims.network(SmallCNN(), 2, steps=30, learning_rate=0.5)):
-        res = run(PoisoningAttack(victim, raise_target_loss, Box(0.0, 1.0), step=fixed_step(0.5)),
-                  split.X_train, split.y_train, poison, target, steps=10)
-        assert res.objective > res.objective_clean, victim.name
-        assert res.objective >= res.history[0][0]
-        assert Box(0.0, 1.0).contains(res.poison.X)
-
-
+# one objective, three victims: the README's example, run as written (with its assertions) by
+# tests/test_readme.py::test_readme_attack_and_stochastic_examples_run_as_written
 # ----------------------------------------------------------------------------------------------------
 # modes and results
 # ----------------------------------------------------------------------------------------------------

@@ -141,3 +141,91 @@ def test_initial_poison_and_bad_arguments():
         K.kkt_attack(X, y, Xt, yt, 4, [])
     with pytest.raises(ValueError, match="n_poison"):
         K.initial_poison(X, y, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# the min-max attack (Sec. 4.3) and the release's decoys
+# ------------------------------------------------------------------------------------------------
+def test_max_linear_over_region_matches_closed_form_and_brute_force():
+    """The inner maximiser: without box and halfspace it is Steinhardt's closed form; with both, no point
+    of a fine grid inside sphere ∩ slab ∩ box ∩ halfspace does better, and it is feasible (incl. a flat box
+    face at the optimum, where the dual's argmax jumps and the primal point is recovered between)."""
+    from poisoning.certify.steinhardt import minimize_linear_sphere_slab
+
+    rng = np.random.default_rng(0)
+    m, u = np.array([0.45, 0.55]), np.array([0.6, 0.8])
+    r, tau = 0.5, 0.15
+    for _ in range(3):
+        c = rng.standard_normal(2)
+        x = K.max_linear_over_region(jnp.asarray(c), jnp.asarray(m), jnp.asarray(u), r, tau, -jnp.inf, jnp.inf,
+                                     jnp.zeros(2), 0.0)
+        np.testing.assert_allclose(np.asarray(x), np.asarray(minimize_linear_sphere_slab(-c, m, u, r, tau)),
+                                   atol=1e-9)
+    g = np.stack(np.meshgrid(np.linspace(0, 1, 801), np.linspace(0, 1, 801)), -1).reshape(-1, 2)
+    for c, a, beta in ((np.array([1.0, -0.3]), np.array([0.2, 1.0]), 0.7),      # halfspace and a box face bind
+                       (np.array([-0.5, -1.0]), np.array([1.0, 0.0]), 0.0),     # the halfspace does not
+                       (np.array([0.3, 1.0]), np.array([-1.0, 0.4]), -0.35)):
+        x = np.asarray(K.max_linear_over_region(jnp.asarray(c), jnp.asarray(m), jnp.asarray(u), r, tau, 0.0, 1.0,
+                                                jnp.asarray(a), beta))
+        z = x - m
+        assert np.linalg.norm(z) <= r + 1e-9 and abs(z @ u) <= tau + 1e-9 and a @ x >= beta - 1e-9
+        assert np.all(x >= -1e-12) and np.all(x <= 1 + 1e-12)
+        zg = g - m
+        ok = (np.linalg.norm(zg, axis=1) <= r) & (np.abs(zg @ u) <= tau) & (g @ a >= beta)
+        best = np.max(g[ok] @ c)
+        assert best - 1e-9 <= c @ x <= best + 2e-3       # the grid's spacing
+
+
+def test_minmax_attack_stays_feasible_under_its_decoy_and_raises_the_target_loss():
+    """Min-max attack with a release-style decoy: every round's point is the worst point (largest hinge
+    under that round's model) of sphere ∩ slab ∩ box ∩ {hinge under the decoy <= rho_max}, checked against
+    scipy's SLSQP; the attack's points lie there; the retrained victim's target loss exceeds the clean one;
+    the decoys form a Pareto front."""
+    X, y, Xt, yt = _tiny(seed=3, n=40)
+    decoys = K.generate_decoys(X, y, Xt, yt, quantiles=(0.15, 0.3), reps=(2, 6))
+    err, loss = [d.dev_error for d in decoys], [d.train_loss for d in decoys]
+    assert err == sorted(err, reverse=True) and all(a > b for a, b in zip(loss, loss[1:]))
+    res = K.minmax_attack(X, y, Xt, yt, 12, decoys[:1], copies=3, rho_max=0.25)
+    assert res.mode == "minmax" and int(res.poison.counts.sum()) == 12 and res.poison.X.shape == (4, 4)
+    assert res.objective > res.objective_clean
+    setup = K.minmax_setup(X, y)
+    mu, u = np.asarray(setup.centroids), np.asarray(setup.directions)
+    R, S = np.asarray(setup.sphere_radii), np.asarray(setup.slab_radii)
+    dw, db = np.asarray(decoys[0].params["w"]), float(decoys[0].params["b"])
+
+    def feasible(Xp, yp, tol=1e-9):
+        z, s = Xp - mu[yp], 2 * yp - 1
+        return ((np.linalg.norm(z, axis=1) <= R[yp] + tol) & (np.abs(np.sum(z * u[yp], 1)) <= S[yp] + tol)
+                & np.all((Xp >= -tol) & (Xp <= 1 + tol), axis=1) & (1 - s * (Xp @ dw + db) <= 0.25 + tol))
+
+    assert np.all(feasible(res.poison.X, res.poison.y))
+    # the scan itself (same compiled call as inside minmax_attack): each round against random search
+    clean = fit_victim(victims.smooth_svm(), X, y)
+    xs, ks, hs, ws, bs = K._minmax_scan(jnp.asarray(X, float), jnp.asarray(2.0 * y - 1), setup, clean["w"],
+                                        clean["b"], jnp.asarray(dw), jnp.asarray(db), jnp.asarray(0.25),
+                                        jnp.asarray(12 / 40), jnp.asarray(0.01), jnp.asarray(0.03), rounds=6, iters=60)
+    np.testing.assert_allclose(np.asarray(res.poison.X), np.asarray(xs[2:]), atol=1e-12)   # after 2 burn-in rounds
+    from scipy.optimize import minimize
+
+    def slsqp(w, b, k):   # an independent solver of the inner problem of class k
+        sg = 2 * k - 1
+        cons = [{"type": "ineq", "fun": lambda x: R[k] ** 2 - np.sum((x - mu[k]) ** 2)},
+                {"type": "ineq", "fun": lambda x: S[k] - (x - mu[k]) @ u[k]},
+                {"type": "ineq", "fun": lambda x: S[k] + (x - mu[k]) @ u[k]},
+                {"type": "ineq", "fun": lambda x: 0.25 - 1 + sg * (x @ dw + db)}]
+        sol = minimize(lambda x: sg * (x @ w), mu[k], jac=lambda x: sg * w, constraints=cons, bounds=[(0, 1)] * 4,
+                       method="SLSQP", options={"ftol": 1e-12, "maxiter": 500})
+        assert np.all(feasible(sol.x[None], np.array([k]), tol=1e-7))
+        return 1 - sg * (sol.x @ w + b)
+
+    for t in (0, 5):
+        w, b = np.asarray(ws[t]), float(bs[t])
+        best = max(slsqp(w, b, 0), slsqp(w, b, 1))
+        assert float(hs[t]) == pytest.approx(best, abs=1e-6)
+        assert float(hs[t]) == pytest.approx(1 - (2 * int(ks[t]) - 1) * (float(xs[t] @ ws[t]) + float(bs[t])))
+    with pytest.raises(ValueError, match="copies"):
+        K.minmax_attack(X, y, Xt, yt, 4, [None], copies=0)
+    with pytest.raises(ValueError, match="decoys"):
+        K.minmax_attack(X, y, Xt, yt, 4, [])
+    with pytest.raises(ValueError, match="quantiles"):
+        K.generate_decoys(X, y, Xt, yt, quantiles=(1.5,))

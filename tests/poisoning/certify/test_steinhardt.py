@@ -254,3 +254,45 @@ def test_bad_arguments_raise_errors_naming_them(toy):
     # a traced eps out of range: raised when the jitted result is computed, never a silent number
     with pytest.raises((ValueError, jax.errors.JaxRuntimeError), match="eps"):
         jax.block_until_ready(jax.jit(lambda e: S.certify(X, y, e, region, cfg).upper_bound)(1.5))
+
+
+# --------------------------------------------------------------------------------------------------
+# the data-dependent defense (Sec. 3.2 / 5)
+
+
+def test_data_dependent_worst_point_matches_a_grid_and_its_attacks_stay_below_the_estimate(toy):
+    """The one-location attacker's worst point against the data-dependent sphere + slab: kept by the defense
+    (its centroid moved by the m copies), and no point of a fine 2-d grid that the defense keeps has a
+    larger hinge (an independent check of the defense written from its definition). Algorithm 1 with it:
+    every iterate's point copied eps n times is kept, and the defender retrained on D_c + those copies
+    (HiGHS) stays below the estimate U~* (valid for one-location attacks, up to the grid)."""
+    X, y, _ = toy
+    region = S.DataDependentRegion.of(X, y, 70.0)
+    mu, cnt = np.asarray(region.centroids), np.asarray(region.counts)
+    R, T = np.asarray(region.sphere_radii), np.asarray(region.slab_radii)
+    g = np.stack(np.meshgrid(np.linspace(-4, 4, 1201), np.linspace(-4, 4, 1201)), -1).reshape(-1, 2)
+
+    def kept(P, k, m):          # the defense, vectorized over candidate points P (class k, m copies each)
+        mu_hat = (cnt[k] * mu[k] + m * P) / (cnt[k] + m)
+        v = mu_hat - mu[1 - k]
+        z = P - mu_hat
+        return (np.linalg.norm(z, axis=1) <= R[k]) & (np.abs(np.sum(z * v, 1)) <= T[k] * np.linalg.norm(v, axis=1))
+
+    for (w, b), m in (((np.array([1.2, -0.4]), 0.3), 12.0), ((np.array([-0.3, 0.9]), -0.2), 4.0)):
+        x, k, h = S.worst_point_data_dependent(jnp.asarray(w), b, region, m, grid=1024)
+        assert region.keeps(x, int(k), m)
+        assert float(h) == pytest.approx(1 - (2 * int(k) - 1) * (float(np.asarray(x) @ w) + b), abs=1e-12)
+        best = max(np.max(1 - (2 * c - 1) * (g[kept(g, c, m)] @ w + b)) for c in (0, 1))
+        assert best - 5e-3 <= float(h) <= best + 2e-2      # the grids' spacings
+    eps = 0.3
+    m = int(round(eps * len(y)))
+    cert = S.certify_data_dependent(X, y, eps, S.CertifyConfig(rho=RHO, eta=0.1, steps=60), grid=1024)
+    ub = float(cert.upper_bound)
+    assert ub >= float(S.certify(X, y, 1e-9, None, S.CertifyConfig(rho=RHO, steps=60)).upper_bound) - 1e-6
+    for t in (0, 59):
+        xp, yp = np.asarray(cert.X_iterates[t]), int(cert.y_iterates[t])
+        assert region.keeps(xp, yp, m)
+        Xa, ya = np.concatenate([X, np.repeat(xp[None], m, 0)]), np.concatenate([y, np.full(m, yp)])
+        assert constrained_hinge_min(Xa, ya, RHO, len(y)) <= ub + 1e-3
+    with pytest.raises(ValueError, match="grid"):
+        S.certify_data_dependent(X, y, eps, grid=1)

@@ -10,7 +10,9 @@ from poisoning.defenses.cluster_impurity import (
     cluster_impurity,
     fit_gmm_bic,
     impurity,
+    impurity_detection,
     median_filter,
+    prediction_unchanged,
 )
 from poisoning.defenses.detection import detection_rates
 from poisoning.defenses.spectral_signatures import spectral_scores, spectral_signatures
@@ -154,6 +156,18 @@ def test_cluster_impurity_flags_only_the_impure_cluster():
     assert det.per_class[0]["n_components"] >= 2
     bad = [c for c in det.per_class[0]["clusters"] if c["flagged"]]
     assert len(bad) == 1 and bad[0]["impurity"] == np.inf     # every blurred poison changes its decision
+    # the same mixtures judged again without refitting: the 2x2 blur reproduces the detection; a filter that
+    # leaves the trigger intact (what the 2x2 average does to a single-source pixel backdoor on MNIST, see
+    # experiments.xiang2019) leaves every decision unchanged and flags nothing
+    assignments = {c: info["assignment"] for c, info in det.per_class.items()}
+    again = impurity_detection(y, assignments, prediction_unchanged(predict, x, average_filter))
+    np.testing.assert_array_equal(again.flagged, det.flagged)
+    intact = impurity_detection(y, assignments, prediction_unchanged(predict, x, lambda im: im, batch_size=7))
+    assert not intact.flagged.any() and all(c["impurity"] == 0.0 for c in intact.per_class[0]["clusters"])
+    with pytest.raises(ValueError, match="unchanged"):
+        impurity_detection(y, assignments, np.ones(len(y) - 1, bool))
+    with pytest.raises(ValueError, match="assignments"):
+        impurity_detection(y, {0: assignments[0][:-1]}, np.ones(len(y), bool))
     Fc, yc, pc = _features(poison=False, seed=1)
     xc, predict_c = _images_and_predictor(yc, pc)
     r = detection_rates(cluster_impurity(Fc, yc, xc, predict_c).flagged, pc)

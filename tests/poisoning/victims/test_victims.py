@@ -32,8 +32,13 @@ def test_svm_matches_scikit_learn_and_fast_path():
     # weight 0 removes an example; a cold-start placeholder gives the cold fit
     w = np.ones(40)
     w[-5:] = 0
-    np.testing.assert_allclose(np.asarray(v.fit(X, y, w).w), np.asarray(v.fit(X[:-5], y[:-5]).w), atol=1e-8)
-    np.testing.assert_allclose(np.asarray(v.fit(X, y, warm_start=v.init(40, 4)).w), np.asarray(p.w), atol=1e-10)
+    # (against scikit-learn on the 35 kept rows: one compilation fewer than a second fit of our own)
+    removed = v.fit(X, y, w)
+    ref35 = SVC(kernel="linear", C=1.0, tol=1e-10).fit(X[:-5], y[:-5])
+    np.testing.assert_allclose(np.asarray(removed.w), ref35.coef_[0], atol=1e-5)
+    np.testing.assert_allclose(float(removed.b), ref35.intercept_[0], atol=1e-5)
+    warm = v.fit(X, y, w, warm_start=v.init(40, 4))
+    np.testing.assert_allclose(np.asarray(warm.w), np.asarray(removed.w), atol=1e-10)
 
 
 def test_logistic_and_softmax_match_scikit_learn():
