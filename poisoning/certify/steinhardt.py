@@ -360,15 +360,15 @@ def hinge_objective(w, b, X, y, weights=None):
 # Algorithm 1
 
 
-@partial(jax.jit, static_argnames=("steps",))
-def _algorithm1(X, y, region, eps, rho, eta, steps: int):
+def _dual_averaging(X, y, worst_point, eps, rho, eta, steps: int):
+    """Algorithm 1's loop; ``worst_point(w, b) -> (x, y, hinge)`` is the attacker's best response."""
     n, d = X.shape
     dtype = X.dtype
 
     def step(carry, _):
         z_w, z_b, lam, w, b, best = carry
         clean, g_w, g_b = hinge_objective(w, b, X, y)
-        x_t, y_t, h_t = worst_feasible_point(w, b, region)
+        x_t, y_t, h_t = worst_point(w, b)
         value = clean + eps * h_t
         better = value < best[0]                     # the first minimiser is kept (strict <)
         best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), (value, clean, h_t, w, b), best)
@@ -386,6 +386,11 @@ def _algorithm1(X, y, region, eps, rho, eta, steps: int):
     (*_, best), (clean, hinge, xs, ys) = jax.lax.scan(step, init, None, length=steps)
     value, clean_b, hinge_b, w_b, b_b = best
     return Certificate(value, clean_b, hinge_b, w_b, b_b, xs, ys, clean, hinge, eps)
+
+
+@partial(jax.jit, static_argnames=("steps",))
+def _algorithm1(X, y, region, eps, rho, eta, steps: int):
+    return _dual_averaging(X, y, lambda w, b: worst_feasible_point(w, b, region), eps, rho, eta, steps)
 
 
 def certify(X, y, eps, region: SphereSlabRegion | None = None, config: CertifyConfig = CertifyConfig()) -> Certificate:
@@ -706,28 +711,8 @@ def worst_point_data_dependent(w, b, region: DataDependentRegion, copies, grid: 
 
 @partial(jax.jit, static_argnames=("steps", "grid"))
 def _algorithm1_dd(X, y, region, eps, copies, rho, eta, steps: int, grid: int):
-    n, d = X.shape
-    dtype = X.dtype
-
-    def step(carry, _):
-        z_w, z_b, lam, w, b, best = carry
-        clean, g_w, g_b = hinge_objective(w, b, X, y)
-        x_t, y_t, h_t = worst_point_data_dependent(w, b, region, copies, grid)
-        value = clean + eps * h_t
-        better = value < best[0]
-        best = jax.tree_util.tree_map(lambda new, old: jnp.where(better, new, old), (value, clean, h_t, w, b), best)
-        s_t = 2.0 * y_t.astype(dtype) - 1.0
-        act = (h_t > 0).astype(dtype)
-        z_w, z_b = z_w - (g_w - eps * act * s_t * x_t), z_b - (g_b - eps * act * s_t)
-        lam = jnp.maximum(lam, jnp.sqrt(jnp.sum(z_w * z_w) + z_b * z_b) / rho)
-        return (z_w, z_b, lam, z_w / lam, z_b / lam, best), (clean, h_t, x_t, y_t)
-
-    zero_w, zero_b = jnp.zeros((d,), dtype), jnp.zeros((), dtype)
-    inf = jnp.asarray(jnp.inf, dtype)
-    init = (zero_w, zero_b, jnp.asarray(1.0 / eta, dtype), zero_w, zero_b, (inf, inf, inf, zero_w, zero_b))
-    (*_, best), (clean, hinge, xs, ys) = jax.lax.scan(step, init, None, length=steps)
-    value, clean_b, hinge_b, w_b, b_b = best
-    return Certificate(value, clean_b, hinge_b, w_b, b_b, xs, ys, clean, hinge, eps)
+    return _dual_averaging(X, y, lambda w, b: worst_point_data_dependent(w, b, region, copies, grid), eps, rho, eta,
+                           steps)
 
 
 def certify_data_dependent(X, y, eps, config: CertifyConfig = CertifyConfig(), *, grid: int = 512) -> Certificate:
