@@ -12,6 +12,9 @@ victim for every cell: the smoothed-hinge linear SVM of Koh et al. (:func:`poiso
 - ``munoz2017``: the error-generic attack (:func:`poisoning.attacks.munoz2017.munoz_attack`, backtracking);
 - ``koh2022_influence``: Koh et al.'s influence attack (mean validation smoothed hinge, row-normalized steps);
 - ``koh2022_kkt``: Koh et al.'s KKT attack from decoy parameters (:func:`poisoning.attacks.koh2022.kkt_attack`);
+- ``koh2022_minmax``: Koh et al.'s min-max attack (:func:`poisoning.attacks.koh2022.minmax_attack`: an online
+  learner against the worst feasible point of hinge at most 0.25 under a decoy, ``--minmax-copies`` copies a
+  round; the same decoys as the KKT attack);
 - ``label_flip``: greedy label flipping with the flipped points *added* as copies
   (:func:`poisoning.attacks.label_flip.greedy_flip_attack` on a :class:`~poisoning.attack.PoisonWeights` of
   every training point with its label flipped);
@@ -21,39 +24,46 @@ victim for every cell: the smoothed-hinge linear SVM of Koh et al. (:func:`poiso
 
 The point attacks (the first four) place the :math:`\epsilon n` points at ``--locations`` distinct locations
 (copies; Koh et al.'s setting), started at label-flipped clean points, ascended jointly for ``--steps``
-steps. Left out: Koh et al.'s min-max attack (not implemented in :mod:`poisoning.attacks.koh2022`) and
-Jagielski et al.'s OptP (a regression attack: it optimizes real-valued labels against the MSE; its
+steps. Left out: Jagielski et al.'s OptP (a regression attack: it optimizes real-valued labels against the MSE; its
 classification form, gradient ascent of the validation loss over the poison features, is the Biggio /
 Muñoz-González rows).
 
-Each attack is run **naive** (its own feasible set: the box) and **adaptive** against each defense. The
-attacker knows the clean data and the defense (Steinhardt et al. 2017; Koh et al. 2022), so the adaptive
-poison against defense ``D`` is chosen in three stages (:mod:`poisoning.attacks.defense_loop`):
+Each attack is run **naive** (its own feasible set: the box) and **adaptive** against each defense, with the
+same number of ascent steps (``naive_steps`` in the config): the adaptive attacker spends ``--loop-rounds`` x
+``--loop-steps`` steps with the defense in its loop (stage 3), so the naive point poison gets as many more steps
+of its own ascent without the defense (the KKT and min-max poisons, built without steps, get that many steps of
+the influence attack's ascent). The attacker knows the clean data and the defense (Steinhardt et al. 2017; Koh et
+al. 2022), so the adaptive poison against defense ``D`` is chosen in three stages
+(:mod:`poisoning.attacks.defense_loop`):
 
-1. candidates: the naive poison itself; the region-constrained poison of the one door
+1. candidates: the naive poison (continued, at the full budget) and the same before its continuation
+   (``naive_start``, at ``--steps``); the region-constrained poison of the one door
    :func:`poisoning.attacks.adaptive.adaptive_attack` (the defense's region, cut-offs at the ``--percentile``
    of clean scores, replaces the point attacks' feasible set; the label attacks draw only from the candidates
    the defense keeps), crafted once per region (sphere and slab share one; loss, SEVER and RONI one; k-NN and
    label sanitization one; SVD one); the naive poison projected into ``D``'s region (point attacks); and,
    against k-NN and label sanitization, each of these with its copies concentrated onto locations of
    ``k + 1`` (k-NN) or ``label_k // 2 + 2`` (label sanitization) copies, which those defenses cannot see;
-2. selection: the candidate of highest *simulated* defended error on the attacker's validation split (``D``
+2. selection: among the candidates at ``--steps`` (all but the full-budget naive poison and its concentrated
+   form), the one of highest *simulated* defended error on the attacker's validation split (``D``
    run by the attacker on clean + poison, the victim retrained on the survivors; never the test set; RONI's
    draws from ``seed + 1``: the attacker knows the defense, not the defender's random draws; by default
    (``--roni-simulation external``) RONI is simulated by scoring the poison locations against draws of the
    clean pool, which misses that a location's own copies in RONI's validation draws lower its impact, so it
-   underestimates how much of a many-copy poison RONI keeps; ``exact`` runs RONI itself, 2 n T fits a call);
+   underestimates how much of a many-copy poison RONI keeps; ``exact`` runs RONI itself, 2 n T fits a call;
+   ``--roni-draws`` averages the simulation over that many of the attacker's own draws);
 3. defense in the loop (point attacks, ``--loop-rounds`` rounds of ``--loop-steps`` steps): ascent of the
    attack's objective against the victim trained on the simulated survivors (keep mask fixed within a
-   round, recomputed between rounds), kept only if it raises the simulated defended validation error.
+   round, recomputed between rounds); then the best of the loop's iterates and the full-budget candidates.
 
 Since the naive poison is a candidate, the adaptive one is at least as strong as the naive one on the
-attacker's own estimate; on the test set it can still lose. ``adaptive_vs_naive`` counts, per defense,
+attacker's own estimate, after as many steps; on the test set it can still lose. ``adaptive_vs_naive`` counts, per defense,
 strict wins, ties (equal test error) and losses on the test error, and the same on the simulated validation
 error. Koh et al.'s KKT attack is defense-aware by construction (sphere + slab + loss of the decoy): its
 naive form uses the loosest region (100th percentile, no loss constraint, no copies rule), its
 region-constrained form the release's, projected into each defense's region; its loop ascends the influence
-attack's objective.
+attack's objective. The min-max attack likewise: naive in the loosest region, adaptive in the release's (90th
+percentile x 0.98), projected into each defense's region.
 
 Each defense (:data:`poisoning.defenses.evaluate.DEFENSES`: sphere, slab, loss, k-NN, SEVER, RONI, k-NN label
 sanitization, SVD) is fit on the poisoned set, removes ``--fraction`` (default :math:`\epsilon`) of each class
@@ -98,10 +108,11 @@ from experiments import _cli
 
 __all__ = ["ATTACKS", "LEFT_OUT", "PAPER", "adaptive_vs_naive", "build_parser", "run", "main"]
 
-ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence", "koh2022_kkt", "label_flip", "subpopulation")
-POINT_ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence")
+ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence", "koh2022_kkt", "koh2022_minmax", "label_flip",
+           "subpopulation")
+POINT_ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence")   # gradient ascent for --steps steps
+CONSTRUCTED = ("koh2022_kkt", "koh2022_minmax")                    # new points built in one go (no steps)
 LEFT_OUT = {
-    "koh2022_minmax": "Koh et al.'s min-max attack is not implemented in poisoning.attacks.koh2022",
     "jagielski2018_optp": "a regression attack (real-valued labels, MSE); its classification form is the "
                           "Biggio / Munoz-Gonzalez gradient ascent already in the matrix",
 }
@@ -128,6 +139,7 @@ def build_parser():
     p.add_argument("--defenses", nargs="+", default=None, help="subset of poisoning.defenses.evaluate.DEFENSES")
     p.add_argument("--steps", type=int, default=20, help="ascent steps of the point attacks")
     p.add_argument("--locations", type=int, default=4, help="distinct poison locations of the point attacks")
+    p.add_argument("--minmax-copies", type=int, default=2, help="Koh et al.'s min-max attack: copies per round")
     p.add_argument("--step-size", type=float, default=0.5, help="step of the point attacks (Biggio: a tenth)")
     p.add_argument("--wd", type=float, default=0.01)
     p.add_argument("--t", type=float, default=0.01, help="smoothed-hinge temperature")
@@ -145,6 +157,9 @@ def build_parser():
     p.add_argument("--roni-simulation", choices=("external", "exact"), default="external",
                    help="the attacker's RONI: poison locations scored against draws of the clean pool (cheap), "
                         "or RONI itself run on clean + poison with the attacker's own draws (2 n T fits a call)")
+    p.add_argument("--roni-draws", type=int, default=1,
+                   help="the attacker's RONI simulation averaged over this many of its own draws (the expected "
+                        "defended error; one draw makes the choice among candidates a winner's curse)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-plots", action="store_true")
     return p
@@ -219,6 +234,8 @@ class _Ctx:
     cluster: Any = None
     attacks: dict = dataclasses.field(default_factory=dict)
     naive: dict = dataclasses.field(default_factory=dict)         # (attack, eps) -> the naive poison
+    naive_start: dict = dataclasses.field(default_factory=dict)   # (attack, eps) -> it before the continuation
+    decoys: Any = None                                            # the KKT and min-max attacks' decoys
     simulations: dict = dataclasses.field(default_factory=dict)   # (defense, fraction) -> DefenseSimulation
 
 
@@ -299,8 +316,16 @@ def _craft(attack_name, mode, region_defense, ctx, n_poison):
             warm = fit_poisoned(ctx.victim, ctx.X, ctx.y, poison, warm_start=ctx.clean)
         res = run(attack, ctx.X, ctx.y, poison, (ctx.Xv, ctx.yv), steps=a.steps, warm_start=warm)
         return res.poison
+    if attack_name in CONSTRUCTED and ctx.decoys is None:
+        ctx.decoys = K.decoy_parameters(ctx.X, ctx.y, ctx.Xv, ctx.yv, victim=ctx.victim, weights=(0.05, 0.2))
+    decoys = ctx.decoys
+    if attack_name == "koh2022_minmax":
+        # naive: the loosest region (100th percentile, no shrink); adaptive: the release's, then D's region
+        poison = K.minmax_attack(ctx.X, ctx.y, ctx.Xv, ctx.yv, n_poison, decoys, victim=ctx.victim,
+                                 copies=a.minmax_copies, wd=a.wd, percentile=a.percentile if adaptive else 100.0,
+                                 shrink=0.98 if adaptive else 1.0).poison
+        return _project_into(region_defense, poison, ctx) if adaptive else poison
     if attack_name == "koh2022_kkt":
-        decoys = K.decoy_parameters(ctx.X, ctx.y, ctx.Xv, ctx.yv, victim=ctx.victim, weights=(0.05, 0.2))
         if not adaptive:
             return K.kkt_attack(ctx.X, ctx.y, ctx.Xv, ctx.yv, n_poison, decoys, victim=ctx.victim,
                                 n_locations=a.locations, percentile=100.0, shrink=1.0, loss_percentile=None,
@@ -326,6 +351,26 @@ def _craft(attack_name, mode, region_defense, ctx, n_poison):
     return _subpop_poison(ctx, cands, n_poison)
 
 
+def _loop_budget(ctx) -> tuple[int, int]:
+    """``(rounds, steps)`` of the adaptive attacker's ascent against the simulated survivors."""
+    a = ctx.args
+    return (a.loop_rounds, a.loop_steps or max(1, a.steps // 2)) if a.loop_rounds > 0 else (0, 0)
+
+
+def _continue(attack_name, poison, ctx):
+    """The naive poison given the adaptive attacker's extra budget: ``poison`` ascended for the loop's rounds x
+    steps of the attack's own objective (the influence attack's for KKT and min-max) with no defense in the
+    loop, so that naive and adaptive point poisons end after the same number of steps."""
+    from poisoning.attack import run as run_attack
+
+    rounds, steps = _loop_budget(ctx)
+    attack = _point_attack("koh2022_influence" if attack_name in CONSTRUCTED else attack_name, ctx)
+    for _ in range(rounds):
+        res = run_attack(attack, ctx.X, ctx.y, poison, (ctx.Xv, ctx.yv), steps=steps, warm_start=ctx.clean)
+        poison = poison.with_leader(np.asarray(res.poison.X, float))
+    return poison
+
+
 def _project_into(defense, poison, ctx):
     """``poison`` projected into ``defense``'s region (:func:`poisoning.attacks.adaptive.defense_region`; the
     loss region under the model trained on clean + ``poison``)."""
@@ -349,7 +394,8 @@ def _simulation(ctx, defense, fraction):
     if key not in ctx.simulations:
         ctx.simulations[key] = DefenseSimulation.prepare(
             defense, ctx.victim, ctx.X, ctx.y, fraction=fraction, roni_trials=ctx.args.roni_trials,
-            seed=ctx.args.seed + 1, clean_params=ctx.clean, roni=ctx.args.roni_simulation)
+            seed=ctx.args.seed + 1, clean_params=ctx.clean, roni=ctx.args.roni_simulation,
+            draws=ctx.args.roni_draws)
     return ctx.simulations[key]
 
 
@@ -358,46 +404,62 @@ def _fingerprint(p):
     return hash((np.asarray(p.X, float).tobytes(), np.asarray(p.y).tobytes(), counts.tobytes()))
 
 
-def _adaptive_for(attack_name, defense, region_poison, naive, ctx, fraction):
-    """The adaptive poison against ``defense``: candidates (the naive poison, the region-constrained one, the
-    naive one projected into the defense's region, each concentrated onto locations of
-    :func:`~poisoning.attacks.defense_loop.copies_to_survive` copies for the neighbour defenses), the one of
-    highest simulated defended validation error, then ``--loop-rounds`` rounds of ascent against the
-    simulated survivors' victim (point attacks). Returns ``(poison, info)``."""
+def _adaptive_for(attack_name, defense, region_poison, naive, naive_start, ctx, fraction):
+    """The adaptive poison against ``defense`` (module docstring, stages 1-3). Candidates at the start budget
+    (``--steps``): the naive poison before its continuation, the region-constrained one, the naive one projected
+    into the defense's region, and, against the neighbour defenses, each with its copies concentrated onto
+    locations of :func:`~poisoning.attacks.defense_loop.copies_to_survive` copies; the best of them on the
+    simulated defended validation error is ascended for ``--loop-rounds`` x ``--loop-steps`` steps against the
+    simulated survivors' victim (point attacks). Candidates at the full budget: the naive poison itself (continued
+    for as many steps without the defense) and its concentrated form. The result is the best of the loop's
+    iterates and the full-budget candidates, so it is never below the naive poison on the attacker's estimate
+    and never ascended for more steps than the naive one. Returns ``(poison, info)``."""
     from poisoning.attacks import adaptive as A
     from poisoning.attacks import defense_loop as L
 
     a = ctx.args
-    cands = {"naive": naive, "region": region_poison}
-    point = attack_name in POINT_ATTACKS or attack_name == "koh2022_kkt"
+    point = attack_name in POINT_ATTACKS or attack_name in CONSTRUCTED
+    rounds, steps = _loop_budget(ctx) if point else (0, 0)
+    full = {"naive": naive}                          # the naive budget already spent
+    start = {"region": region_poison}                # the loop's budget still to spend
+    if rounds:
+        start["naive_start"] = naive_start
     if point:
-        cands["naive_projected"] = _project_into(defense, naive, ctx)
+        start["naive_projected"] = _project_into(defense, naive_start if rounds else naive, ctx)
     c = L.copies_to_survive(defense, k=5, label_k=10)
-    if c > 1:
-        cands.update({f"{nm}+concentrated": L.concentrate(p, c) for nm, p in list(cands.items())})
-    seen, unique = set(), {}
-    for nm, p in cands.items():          # identical candidates are scored once
-        f = _fingerprint(p)
-        if f not in seen:
+    for group in (full, start):
+        if c > 1:
+            group.update({f"{nm}+concentrated": L.concentrate(p, c) for nm, p in list(group.items())})
+    if not rounds:                                   # no loop: every candidate is final
+        full, start = {**full, **start}, {}
+    seen = set()
+    for group in (full, start):                      # identical candidates are scored once
+        for nm in list(group):
+            f = _fingerprint(group[nm])
+            if f in seen:
+                del group[nm]
             seen.add(f)
-            unique[nm] = p
     sim = _simulation(ctx, defense, fraction)
-    name, best, scores = L.select_poison(sim, unique, ctx.Xv, ctx.yv)
+    _, _, scores = L.select_poison(sim, full, ctx.Xv, ctx.yv)
+    pool = dict(full)
     loop_history = None
-    if point and a.loop_rounds > 0:
-        base = _point_attack("koh2022_influence" if attack_name == "koh2022_kkt" else attack_name, ctx)
-        constrained = name == "naive_projected" or name.startswith("region")   # keep it in the defense's region
+    if start:
+        name, best, start_scores = L.select_poison(sim, start, ctx.Xv, ctx.yv)
+        scores.update(start_scores)
+        base = _point_attack("koh2022_influence" if attack_name in CONSTRUCTED else attack_name, ctx)
+        constrained = name.startswith(("naive_projected", "region"))   # keep it in the defense's region
         attack = A.adaptive_attack(base, defense, ctx.X, ctx.y, best, percentile=a.percentile,
                                    warm_start=ctx.clean)[0] if constrained else base
-        loop = L.defense_in_the_loop(attack, sim, ctx.X, ctx.y, best, ctx.Xv, ctx.yv, rounds=a.loop_rounds,
-                                     steps=a.loop_steps or max(1, a.steps // 2), warm_start=ctx.clean)
+        loop = L.defense_in_the_loop(attack, sim, ctx.X, ctx.y, best, ctx.Xv, ctx.yv, rounds=rounds, steps=steps,
+                                     warm_start=ctx.clean)
         loop_history = [list(h) for h in loop.history]
-        if loop.best > 0:
-            name, best = f"{name}+loop", loop.poison
-            scores[name] = loop.history[loop.best]
-    info = {"chosen": name, "val_error_sim": scores[name][0], "val_error_sim_naive": scores["naive"][0],
+        looped = f"{name}+loop" if loop.best > 0 else name
+        scores[looped] = loop.history[loop.best]
+        pool[looped] = loop.poison
+    chosen = max(pool, key=lambda nm: (scores[nm][0], scores[nm][1]))   # ties: the naive poison, listed first
+    info = {"chosen": chosen, "val_error_sim": scores[chosen][0], "val_error_sim_naive": scores["naive"][0],
             "candidates_val_error_sim": {nm: v[0] for nm, v in scores.items()}, "loop_history": loop_history}
-    return best, info
+    return pool[chosen], info
 
 
 # ------------------------------------------------------------------------------------------------
@@ -452,7 +514,8 @@ def run(args) -> dict[str, Any]:
         raise SystemExit(f"--fraction must be in [0, 1), got {args.fraction}")
     if args.loop_rounds < 0 or args.loop_steps < 0:
         raise SystemExit(f"--loop-rounds and --loop-steps must be >= 0, got {args.loop_rounds}, {args.loop_steps}")
-    for flag in ("steps", "locations", "roni_trials", "clusters", "bound_steps", "pool"):
+    for flag in ("steps", "locations", "roni_trials", "clusters", "bound_steps", "pool", "minmax_copies",
+                 "roni_draws"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.quick:
@@ -481,7 +544,9 @@ def run(args) -> dict[str, Any]:
                 "t": args.t, "fraction": args.fraction, "percentile": args.percentile,
                 "roni_trials": args.roni_trials, "clusters": args.clusters, "bound_steps": args.bound_steps,
                 "rho_squared": args.rho_squared, "loop_rounds": args.loop_rounds, "loop_steps": args.loop_steps,
-                "roni_simulation": args.roni_simulation,
+                "roni_simulation": args.roni_simulation, "roni_draws": args.roni_draws,
+                "minmax_copies": args.minmax_copies,
+                "naive_steps": args.steps + args.loop_rounds * (args.loop_steps or max(1, args.steps // 2)),
                 "pool": args.pool if args.dataset == "mnist17" else None,
                 "seed": args.seed, "quick": bool(args.quick)}
     out = _cli.ensure_dir(args.out)
@@ -530,10 +595,15 @@ def run(args) -> dict[str, Any]:
 
     def naive_poison(attack_name, eps):
         key = _cell_key(attack_name, "naive", None, eps)
-        if (attack_name, eps) not in ctx.naive:        # resumed: the checkpoint holds it
-            ctx.naive[(attack_name, eps)] = PoisonPoints(np.asarray(state[f"{key}/X"]), np.asarray(state[f"{key}/y"]),
-                                                         counts=np.asarray(state[f"{key}/counts"]))
-        return ctx.naive[(attack_name, eps)]
+        if (attack_name, eps) not in ctx.naive:        # resumed: the checkpoint holds them
+            for store, k in ((ctx.naive, key), (ctx.naive_start, f"{key}/start")):
+                store[(attack_name, eps)] = PoisonPoints(np.asarray(state[f"{k}/X"]), np.asarray(state[f"{k}/y"]),
+                                                         counts=np.asarray(state[f"{k}/counts"]))
+        return ctx.naive[(attack_name, eps)], ctx.naive_start[(attack_name, eps)]
+
+    def store(k, p):
+        state[f"{k}/X"], state[f"{k}/y"] = np.asarray(p.X), np.asarray(p.y)
+        state[f"{k}/counts"] = np.asarray(p.counts if p.counts is not None else np.ones(len(p.y)))
 
     for attack_name, mode, region, eps in cells:
         key = _cell_key(attack_name, mode, region, eps)
@@ -547,17 +617,21 @@ def run(args) -> dict[str, Any]:
         craft_s = time.perf_counter() - t1
         rows = []
         if mode == "naive":
+            ctx.naive_start[(attack_name, eps)] = poison
+            if attack_name in POINT_ATTACKS + CONSTRUCTED:     # as many steps as the adaptive attacker's
+                poison = _continue(attack_name, poison, ctx)
+                craft_s = time.perf_counter() - t1
             ctx.naive[(attack_name, eps)] = poison
             rows = [{"attack": attack_name, "mode": mode, "eps": eps, **r, "craft_seconds": craft_s}
                     for r in evaluate(attack_name, poison, defenses, fraction)]
             state[f"{key}/oracle"] = np.asarray(_oracle_check(X, y, Xt, yt, poison, oracle, rho))
-            state[f"{key}/X"], state[f"{key}/y"] = np.asarray(poison.X), np.asarray(poison.y)
-            state[f"{key}/counts"] = np.asarray(poison.counts if poison.counts is not None else np.ones(len(poison.y)))
+            store(key, poison)
+            store(f"{key}/start", ctx.naive_start[(attack_name, eps)])
         else:
-            naive = naive_poison(attack_name, eps)
+            naive, naive_start = naive_poison(attack_name, eps)
             for d in (d for d in defenses if REGION_OF[d] == region):
                 t2 = time.perf_counter()
-                chosen, info = _adaptive_for(attack_name, d, poison, naive, ctx, fraction)
+                chosen, info = _adaptive_for(attack_name, d, poison, naive, naive_start, ctx, fraction)
                 select_s = time.perf_counter() - t2
                 rows += [{"attack": attack_name, "mode": mode, "eps": eps, **r, **info, "craft_seconds": craft_s,
                           "select_seconds": select_s} for r in evaluate(attack_name, chosen, [d], fraction)]

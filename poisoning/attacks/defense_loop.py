@@ -116,70 +116,88 @@ class DefenseSimulation:
     clean_params: Any
     settings: dict
     roni: str = "external"
-    roni_clean_scores: Any = None
-    roni_state: Any = None
+    roni_clean_scores: Any = None      # external RONI: per draw, the clean pool's scores
+    roni_state: Any = None             # external RONI: per draw, the RONIState
+    draws: int = 1
 
     @classmethod
     def prepare(cls, defense: str, victim, X_clean, y_clean, *, fraction: float, k: int = 5, rank: int = 10,
                 label_k: int = 10, roni_trials: int = 2, sever_rounds: int = 4, seed: int = 0,
                 loss_score=hinge_score, roni: Literal["external", "exact"] = "external",
-                clean_params=None) -> "DefenseSimulation":
+                clean_params=None, draws: int = 1) -> "DefenseSimulation":
+        """``draws``: for RONI, the random defense, the simulation is run with ``draws`` independent draws
+        (seeds ``seed``, ``seed + 1``, ...) and :meth:`validation` averages over them: the attacker knows the
+        defense, not the defender's draws, so it estimates the *expected* defended error (a single draw makes
+        the choice among candidates a winner's curse). Ignored by the deterministic defenses."""
         if defense not in DEFENSES:
             raise ValueError(f"argument 'defense': unknown defense {defense!r}; choose from {DEFENSES}")
         if not 0.0 <= float(fraction) < 1.0:
             raise ValueError(f"argument 'fraction' must be in [0, 1), got {fraction!r}")
         if roni not in ("external", "exact"):
             raise ValueError(f"argument 'roni' must be 'external' or 'exact', got {roni!r}")
+        if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+            raise ValueError(f"argument 'draws' must be an int >= 1, got {draws!r}")
+        draws = int(draws) if defense == "roni" else 1
         X_clean, y_clean = np.asarray(X_clean, float), np.asarray(y_clean).astype(int)
         clean_params = fit_victim(victim, X_clean, y_clean) if clean_params is None else clean_params
         settings = dict(k=int(k), rank=int(rank), label_k=int(label_k), roni_trials=int(roni_trials),
                         sever_rounds=int(sever_rounds), seed=int(seed), loss_score=loss_score)
-        state = scores = None
+        states = scores = None
         if defense == "roni" and roni == "external":
-            n = len(y_clean)
-            n_base = min(20, max(2, n // 3))
-            d = RONIDefense(victim, n_base=n_base, n_val=min(50, n - n_base), trials=int(roni_trials), seed=int(seed))
-            state = d.fit(X_clean, y_clean)
-            scores = np.asarray(d.score_train(state, X_clean, y_clean))
-        return cls(defense, victim, X_clean, y_clean, float(fraction), clean_params, settings, roni, scores, state)
+            states, scores = [], []
+            for i in range(draws):
+                d = _roni(victim, len(y_clean), int(roni_trials), int(seed) + i)
+                states.append(d.fit(X_clean, y_clean))
+                scores.append(np.asarray(d.score_train(states[-1], X_clean, y_clean)))
+        return cls(defense, victim, X_clean, y_clean, float(fraction), clean_params, settings, roni, scores, states,
+                   draws)
 
-    def _roni_keep(self, poison: PoisonPoints):
+    def _roni_keep(self, poison: PoisonPoints, draw: int):
         s = self.settings
-        n = len(self.y_clean)
-        n_base = min(20, max(2, n // 3))
-        d = RONIDefense(self.victim, n_base=n_base, n_val=min(50, n - n_base), trials=s["roni_trials"], seed=s["seed"])
+        d = _roni(self.victim, len(self.y_clean), s["roni_trials"], s["seed"] + draw)
         X_loc, y_loc = np.asarray(poison.X), np.asarray(poison.y)
         m = len(y_loc)
         pad = -(-max(m, 1) // 8) * 8                      # fixed batch sizes: one compilation per multiple of 8
         idx = np.r_[np.arange(m), np.zeros(pad - m, int)]
-        loc_scores = np.asarray(d.score(self.roni_state, X_loc[idx], y_loc[idx]))[:m]
+        loc_scores = np.asarray(d.score(self.roni_state[draw], X_loc[idx], y_loc[idx]))[:m]
         counts = np.asarray(poison.counts).astype(int)
         Xs, ys, is_p = expand_copies(self.X_clean, self.y_clean, poison)
-        scores = np.concatenate([self.roni_clean_scores, np.repeat(loc_scores, counts)])
+        scores = np.concatenate([self.roni_clean_scores[draw], np.repeat(loc_scores, counts)])
         keep = np.asarray(remove_fraction_per_class(jnp.asarray(scores), ys, self.fraction, self.victim.n_classes))
         params = fit_victim(self.victim, Xs, ys, keep.astype(float), warm_start=self.clean_params)
         return params, keep, is_p
 
-    def run(self, poison):
+    def run(self, poison, draw: int = 0):
         """``(params, keep, is_poison)``: the victim retrained after the defense on clean + ``poison`` (every
-        copy a row), the defense's keep mask (label sanitization: not relabelled) and the poison rows."""
+        copy a row), the defense's keep mask (label sanitization: not relabelled) and the poison rows; RONI
+        with the draws of ``seed + draw``."""
         poison = _points(poison)
         if self.defense == "roni" and self.roni == "external":
-            return self._roni_keep(poison)
+            return self._roni_keep(poison, draw)
         Xs, ys, is_p = expand_copies(self.X_clean, self.y_clean, poison)
         s = self.settings
         params, keep = sanitize_and_train(self.victim, Xs, ys, self.defense, self.fraction, k=s["k"],
                                           warm_start=self.clean_params, loss_score=s["loss_score"], rank=s["rank"],
                                           label_k=s["label_k"], roni_trials=s["roni_trials"],
-                                          sever_rounds=s["sever_rounds"], seed=s["seed"])
+                                          sever_rounds=s["sever_rounds"], seed=s["seed"] + draw)
         return params, np.asarray(keep), is_p
 
     def validation(self, poison, X_val, y_val) -> tuple[float, float]:
-        """``(error, hinge)``: the defended victim's 0-1 error and mean hinge on ``(X_val, y_val)``."""
-        params, _, _ = self.run(poison)
+        """``(error, hinge)``: the defended victim's 0-1 error and mean hinge on ``(X_val, y_val)``, averaged
+        over the simulation's ``draws``."""
         y_val = np.asarray(y_val).astype(int)
-        err = float(np.mean(np.asarray(self.victim.predict(params, X_val)) != y_val))
-        return err, float(np.mean(np.asarray(hinge_score(self.victim, params, X_val, y_val))))
+        out = []
+        for i in range(self.draws):
+            params, _, _ = self.run(poison, draw=i)
+            out.append((float(np.mean(np.asarray(self.victim.predict(params, X_val)) != y_val)),
+                        float(np.mean(np.asarray(hinge_score(self.victim, params, X_val, y_val))))))
+        return tuple(float(v) for v in np.mean(out, axis=0))
+
+
+def _roni(victim, n: int, trials: int, seed: int) -> RONIDefense:
+    """RONI with the evaluation's draw sizes for a pool of ``n`` (:func:`poisoning.defenses.evaluate.sanitize_and_train`)."""
+    n_base = min(20, max(2, n // 3))
+    return RONIDefense(victim, n_base=n_base, n_val=min(50, n - n_base), trials=int(trials), seed=int(seed))
 
 
 # ------------------------------------------------------------------------------------------------

@@ -367,33 +367,45 @@ def kkt_attack(X_clean, y_clean, X_tgt, y_tgt, n_poison: int, decoys, *, victim=
     start = initial_poison(X_clean, y_clean, n_poison, max(2, n_locations), seed)
     y_loc = start.y
     pos, neg = np.flatnonzero(y_loc == 1), np.flatnonzero(y_loc == 0)
-    clean = fit_victim(victim, X_clean, y_clean)
+
+    def candidates():
+        for params in decoys:
+            _, G_b = kkt_target_gradient(params, X_clean, y_clean, n_poison, victim=victim)
+            cand = {int(round(v)) for v in np.linspace(0, n_poison, int(splits))} if splits >= 2 else set()
+            cand.add(int(round(np.clip((n_poison + float(G_b)) / 2, 0, n_poison))))
+            cand = {_min_copies_split(c, n_poison, min_copies * len(pos), min_copies * len(neg)) for c in cand}
+            for c_pos in sorted(cand):
+                counts = np.zeros(len(y_loc))
+                counts[pos] = c_pos // len(pos) + (np.arange(len(pos)) < c_pos % len(pos))
+                counts[neg] = (n_poison - c_pos) // len(neg) + (np.arange(len(neg)) < (n_poison - c_pos) % len(neg))
+                x = kkt_poison(params, X_clean, y_clean, start.X, y_loc, counts, victim=victim,
+                               percentile=percentile, shrink=shrink, loss_percentile=loss_percentile,
+                               centroids=centroids, box=box, iters=iters)
+                yield PoisonPoints(np.asarray(x), y_loc, counts=counts.astype(int))
+
+    return _best_candidate(victim, X_clean, y_clean, X_tgt, y_tgt, candidates(), "kkt", t0)
+
+
+def _best_candidate(victim, X_clean, y_clean, X_tgt, y_tgt, poisons, mode: str, t0: float,
+                    n_steps: int | None = None, clean=None) -> AttackResult:
+    """The poison of ``poisons`` (an iterable) whose retrained victim has the highest target loss, as an
+    :class:`~poisoning.attack.AttackResult`: ``history[0]`` the target loss of every candidate, ``n_steps``
+    (default: the number of candidates), ``seconds`` the wall time since ``t0``; ``clean``: the clean fit."""
+    clean = fit_victim(victim, X_clean, y_clean) if clean is None else clean
     hist, best = [], (-np.inf, None, None)
-    for params in decoys:
-        _, G_b = kkt_target_gradient(params, X_clean, y_clean, n_poison, victim=victim)
-        cand = {int(round(v)) for v in np.linspace(0, n_poison, int(splits))} if splits >= 2 else set()
-        cand.add(int(round(np.clip((n_poison + float(G_b)) / 2, 0, n_poison))))
-        cand = {_min_copies_split(c, n_poison, min_copies * len(pos), min_copies * len(neg)) for c in cand}
-        for c_pos in sorted(cand):
-            counts = np.zeros(len(y_loc))
-            counts[pos] = c_pos // len(pos) + (np.arange(len(pos)) < c_pos % len(pos))
-            counts[neg] = (n_poison - c_pos) // len(neg) + (np.arange(len(neg)) < (n_poison - c_pos) % len(neg))
-            x = kkt_poison(params, X_clean, y_clean, start.X, y_loc, counts, victim=victim, percentile=percentile,
-                           shrink=shrink, loss_percentile=loss_percentile, centroids=centroids, box=box,
-                           iters=iters)
-            poison = PoisonPoints(np.asarray(x), y_loc, counts=counts.astype(int))
-            p = fit_poisoned(victim, X_clean, y_clean, poison, warm_start=clean)
-            v = float(error_generic(victim, p, X_tgt, y_tgt))
-            hist.append(v)
-            if v > best[0]:
-                best = (v, poison, p)
+    for poison in poisons:
+        p = fit_poisoned(victim, X_clean, y_clean, poison, warm_start=clean)
+        v = float(error_generic(victim, p, X_tgt, y_tgt))
+        hist.append(v)
+        if v > best[0]:
+            best = (v, poison, p)
     v, poison, p = best
-    seconds = time.perf_counter() - t0
     return AttackResult(poison=poison, params=p, params_clean=clean, objective=v,
                         objective_clean=float(error_generic(victim, clean, X_tgt, y_tgt)),
                         history=(np.asarray(hist),), block_params=(p,), block_objective=np.asarray([v]),
-                        n_steps=np.asarray([len(hist)]), seconds=np.asarray([seconds]), compile_seconds=0.0,
-                        stalled=np.asarray([False]), mode="kkt")
+                        n_steps=np.asarray([len(hist) if n_steps is None else n_steps]),
+                        seconds=np.asarray([time.perf_counter() - t0]), compile_seconds=0.0,
+                        stalled=np.asarray([False]), mode=mode)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -704,26 +716,20 @@ def minmax_attack(X_clean, y_clean, X_tgt, y_tgt, n_poison: int, decoys, *, vict
     s = jnp.asarray(2.0 * y_clean - 1.0, dtype)
     counts = np.full(rounds_att, copies)
     counts[-1] = n_poison - copies * (rounds_att - 1)
-    hist, best = [], (-np.inf, None, None)
-    for d in decoys:
-        d = d.params if isinstance(d, Decoy) else d
-        dw = jnp.zeros(X_clean.shape[1], dtype) if d is None else jnp.asarray(d["w"], dtype)   # zeros: no decoy
-        db = jnp.zeros((), dtype) if d is None else jnp.asarray(d["b"], dtype)
-        xs, ks, _, _, _ = _minmax_scan(Xj, s, setup, jnp.asarray(clean["w"], dtype), jnp.asarray(clean["b"], dtype),
-                                 dw, db, jnp.asarray(rho_max, dtype), jnp.asarray(eps, dtype),
-                                 jnp.asarray(wd, dtype), jnp.asarray(eta, dtype), rounds=rounds, iters=int(iters))
-        poison = PoisonPoints(np.asarray(xs[-rounds_att:]), np.asarray(ks[-rounds_att:]).astype(int), counts=counts)
-        p = fit_poisoned(victim, X_clean, y_clean, poison, warm_start=clean)
-        v = float(error_generic(victim, p, X_tgt, y_tgt))
-        hist.append(v)
-        if v > best[0]:
-            best = (v, poison, p)
-    v, poison, p = best
-    return AttackResult(poison=poison, params=p, params_clean=clean, objective=v,
-                        objective_clean=float(error_generic(victim, clean, X_tgt, y_tgt)),
-                        history=(np.asarray(hist),), block_params=(p,), block_objective=np.asarray([v]),
-                        n_steps=np.asarray([rounds * len(decoys)]), seconds=np.asarray([time.perf_counter() - t0]),
-                        compile_seconds=0.0, stalled=np.asarray([False]), mode="minmax")
+
+    def candidates():
+        for d in decoys:
+            d = d.params if isinstance(d, Decoy) else d
+            dw = jnp.zeros(X_clean.shape[1], dtype) if d is None else jnp.asarray(d["w"], dtype)   # zeros: no decoy
+            db = jnp.zeros((), dtype) if d is None else jnp.asarray(d["b"], dtype)
+            xs, ks, _, _, _ = _minmax_scan(Xj, s, setup, jnp.asarray(clean["w"], dtype),
+                                           jnp.asarray(clean["b"], dtype), dw, db, jnp.asarray(rho_max, dtype),
+                                           jnp.asarray(eps, dtype), jnp.asarray(wd, dtype), jnp.asarray(eta, dtype),
+                                           rounds=rounds, iters=int(iters))
+            yield PoisonPoints(np.asarray(xs[-rounds_att:]), np.asarray(ks[-rounds_att:]).astype(int), counts=counts)
+
+    return _best_candidate(victim, X_clean, y_clean, X_tgt, y_tgt, candidates(), "minmax", t0,
+                           n_steps=rounds * len(decoys), clean=clean)
 
 
 def _weight_decay(victim, X, y) -> float:

@@ -167,3 +167,30 @@ def test_selection_by_simulated_defended_validation_error():
         DefenseSimulation.prepare("nope", victim, X, y, fraction=0.1)
     with pytest.raises(ValueError, match="candidates"):
         select_poison(sim, {}, Xv, yv)
+
+
+def test_roni_simulation_averages_its_draws():
+    """RONI is random in its draws: a simulation of ``draws`` draws scores a poison by the mean over the
+    draws seed, seed + 1, ... of the defended validation error (each draw the defense itself, run with that
+    seed); a deterministic defense ignores ``draws``; a bad ``draws`` is named."""
+    from poisoning.attacks.defense_loop import DefenseSimulation
+    from poisoning.defenses.evaluate import hinge_score, sanitize_and_train
+
+    X, y = _blobs(24, d=2)
+    Xv, yv = _blobs(30, d=2, seed=3)
+    victim = victims.smooth_svm(0.05, 0.1)
+    poison = initial_poison(X, y, 6, 2, seed=0)
+    sim = DefenseSimulation.prepare("roni", victim, X, y, fraction=0.2, roni_trials=1, seed=5, roni="exact",
+                                    draws=2)
+    Xs, ys, _ = expand_copies(X, y, poison)
+    per_draw = []
+    for seed in (5, 6):
+        params, _ = sanitize_and_train(victim, Xs, ys, "roni", 0.2, roni_trials=1, seed=seed,
+                                       warm_start=sim.clean_params)
+        per_draw.append((float(np.mean(np.asarray(victim.predict(params, Xv)) != yv)),
+                         float(np.mean(np.asarray(hinge_score(victim, params, Xv, yv))))))
+    assert per_draw[0][1] != pytest.approx(per_draw[1][1])          # the draws differ: the mean is a real mean
+    assert sim.draws == 2 and sim.validation(poison, Xv, yv) == pytest.approx(tuple(np.mean(per_draw, axis=0)))
+    assert DefenseSimulation.prepare("sphere", victim, X, y, fraction=0.2, draws=3).draws == 1
+    with pytest.raises(ValueError, match="draws"):
+        DefenseSimulation.prepare("roni", victim, X, y, fraction=0.2, draws=0)
