@@ -546,7 +546,7 @@ def run(args) -> dict[str, Any]:
                 "rho_squared": args.rho_squared, "loop_rounds": args.loop_rounds, "loop_steps": args.loop_steps,
                 "roni_simulation": args.roni_simulation, "roni_draws": args.roni_draws,
                 "minmax_copies": args.minmax_copies,
-                "naive_steps": args.steps + args.loop_rounds * (args.loop_steps or max(1, args.steps // 2)),
+                "naive_steps": args.steps + math.prod(_loop_budget(ctx)),
                 "pool": args.pool if args.dataset == "mnist17" else None,
                 "seed": args.seed, "quick": bool(args.quick)}
     out = _cli.ensure_dir(args.out)
