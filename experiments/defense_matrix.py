@@ -54,7 +54,10 @@ al. 2022), so the adaptive poison against defense ``D`` is chosen in three stage
    ``--roni-draws`` averages the simulation over that many of the attacker's own draws);
 3. defense in the loop (point attacks, ``--loop-rounds`` rounds of ``--loop-steps`` steps): ascent of the
    attack's objective against the victim trained on the simulated survivors (keep mask fixed within a
-   round, recomputed between rounds); then the best of the loop's iterates and the full-budget candidates.
+   round, recomputed between rounds); then the best of the loop's iterates and the full-budget candidates;
+4. against RONI, whose simulated score is random in its draws, the choice replaces the naive poison only if it
+   still scores higher on fresh draws (:func:`poisoning.attacks.defense_loop.confirm_choice`): chosen as the
+   maximum of noisy scores, its lead on the selection draws is biased upwards (the winner's curse).
 
 Since the naive poison is a candidate, the adaptive one is at least as strong as the naive one on the
 attacker's own estimate, after as many steps; on the test set it can still lose. ``adaptive_vs_naive`` counts, per defense,
@@ -82,7 +85,10 @@ MNIST-1-7 test error <= 4 % under a bound of about 7 % for eps <= 0.3).
 
 Outputs (``--out``): ``results.json`` (``rows``: ``attack``, ``mode``, ``defense``, ``eps``, ``test_error``,
 ``no_defense_error``, ``poison_kept``, ``n_poison``, ``bound``, and for adaptive rows ``chosen``,
-``val_error_sim``, ``val_error_sim_naive``, ``candidates_val_error_sim``, ``loop_history``; ``bounds``: per
+``val_error_sim``, ``val_error_sim_naive``, ``candidates_val_error_sim``, ``loop_history``,
+``best_on_selection_draws`` and ``val_error_sim_fresh_draws`` (RONI's winner's-curse check); with
+``--defender-draws D > 1``, RONI's ``test_error`` and ``poison_kept`` are means over the defender's D draws and
+``test_error_draws`` lists them; ``bounds``: per
 eps, ``bound`` and each attack's (``ATTACK/naive``, ``ATTACK/adaptive/DEFENSE``) ``oracle_objective`` /
 ``oracle_test_error`` / ``below_bound``; ``adaptive_vs_naive``; ``clean_error`` per defense; ``paper``),
 ``heatmap_eps*.png`` (attacks x defenses, naive and adaptive panels), checkpoint and resume
@@ -112,6 +118,8 @@ ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence", "koh2022_kkt", "koh20
            "subpopulation")
 POINT_ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence")   # gradient ascent for --steps steps
 CONSTRUCTED = ("koh2022_kkt", "koh2022_minmax")                    # new points built in one go (no steps)
+RANDOM_DEFENSES = ("roni",)        # random in their draws: --defender-draws averages their test error
+DRAW_STRIDE = 10_007               # the defender's j-th draw has seed + j * DRAW_STRIDE (never an attacker's seed)
 LEFT_OUT = {
     "jagielski2018_optp": "a regression attack (real-valued labels, MSE); its classification form is the "
                           "Biggio / Munoz-Gonzalez gradient ascent already in the matrix",
@@ -160,6 +168,9 @@ def build_parser():
     p.add_argument("--roni-draws", type=int, default=1,
                    help="the attacker's RONI simulation averaged over this many of its own draws (the expected "
                         "defended error; one draw makes the choice among candidates a winner's curse)")
+    p.add_argument("--defender-draws", type=int, default=1,
+                   help="RONI's test error averaged over this many of the defender's draws (seeds seed, seed + "
+                        f"{DRAW_STRIDE}, ...; disjoint from the attacker's): its expected value, not one draw's")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.npz")
     p.add_argument("--no-plots", action="store_true")
     return p
@@ -456,9 +467,11 @@ def _adaptive_for(attack_name, defense, region_poison, naive, naive_start, ctx, 
         looped = f"{name}+loop" if loop.best > 0 else name
         scores[looped] = loop.history[loop.best]
         pool[looped] = loop.poison
-    chosen = max(pool, key=lambda nm: (scores[nm][0], scores[nm][1]))   # ties: the naive poison, listed first
+    best = max(pool, key=lambda nm: (scores[nm][0], scores[nm][1]))   # ties: the naive poison, listed first
+    chosen, confirm = L.confirm_choice(sim, pool, best, "naive", ctx.Xv, ctx.yv)   # RONI: on fresh draws
     info = {"chosen": chosen, "val_error_sim": scores[chosen][0], "val_error_sim_naive": scores["naive"][0],
-            "candidates_val_error_sim": {nm: v[0] for nm, v in scores.items()}, "loop_history": loop_history}
+            "candidates_val_error_sim": {nm: v[0] for nm, v in scores.items()}, "loop_history": loop_history,
+            "best_on_selection_draws": best, "val_error_sim_fresh_draws": {nm: v[0] for nm, v in confirm.items()}}
     return pool[chosen], info
 
 
@@ -515,7 +528,7 @@ def run(args) -> dict[str, Any]:
     if args.loop_rounds < 0 or args.loop_steps < 0:
         raise SystemExit(f"--loop-rounds and --loop-steps must be >= 0, got {args.loop_rounds}, {args.loop_steps}")
     for flag in ("steps", "locations", "roni_trials", "clusters", "bound_steps", "pool", "minmax_copies",
-                 "roni_draws"):
+                 "roni_draws", "defender_draws"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
     if args.quick:
@@ -545,6 +558,7 @@ def run(args) -> dict[str, Any]:
                 "roni_trials": args.roni_trials, "clusters": args.clusters, "bound_steps": args.bound_steps,
                 "rho_squared": args.rho_squared, "loop_rounds": args.loop_rounds, "loop_steps": args.loop_steps,
                 "roni_simulation": args.roni_simulation, "roni_draws": args.roni_draws,
+                "defender_draws": args.defender_draws,
                 "minmax_copies": args.minmax_copies,
                 "naive_steps": args.steps + math.prod(_loop_budget(ctx)),
                 "pool": args.pool if args.dataset == "mnist17" else None,
@@ -576,21 +590,36 @@ def run(args) -> dict[str, Any]:
     fraction_of = (lambda e: e) if args.fraction is None else (lambda e: args.fraction)
 
     def evaluate(attack_name, poison, targets, fraction):
-        table = evaluate_defenses(victim, X, y, Xt, yt, {"p": poison}, defenses=targets, fraction=fraction,
-                                  loss_score=hinge_score, roni_trials=args.roni_trials, seed=args.seed)
-        target = {}
+        def table(seed, defs, Xe, ye):
+            return {r["defense"]: r for r in evaluate_defenses(
+                victim, X, y, Xe, ye, {"p": poison}, defenses=defs, fraction=fraction, loss_score=hinge_score,
+                roni_trials=args.roni_trials, seed=seed)}
+
         tmask = cluster.mask(Xt)
-        if attack_name == "subpopulation" and tmask.any():   # the error on the cluster's test points
-            target = {r["defense"]: r["p_with_defense"] for r in evaluate_defenses(
-                victim, X, y, Xt[tmask], yt[tmask], {"p": poison}, defenses=targets, fraction=fraction,
-                loss_score=hinge_score, roni_trials=args.roni_trials, seed=args.seed)}
+        subpop = attack_name == "subpopulation" and tmask.any()   # also the error on the cluster's test points
+        draws = {d: [] for d in targets}
+        for j in range(args.defender_draws):                      # RONI: the defender's draws; the rest: one
+            defs = [d for d in targets if j == 0 or d in RANDOM_DEFENSES]
+            if not defs:
+                break
+            seed = args.seed + DRAW_STRIDE * j
+            full, part = table(seed, defs, Xt, yt), table(seed, defs, Xt[tmask], yt[tmask]) if subpop else {}
+            for d in defs:
+                draws[d].append((full[d], part.get(d)))
         counts = np.asarray(poison.counts, float) if poison.counts is not None else np.ones(len(poison.y))
         rows = []
-        for r in table:
-            extra = {"target_error": target[r["defense"]], "target_test_points": int(tmask.sum())} if target else {}
-            rows.append({"defense": r["defense"], "test_error": r["p_with_defense"],
-                         "no_defense_error": r["p_no_defense"], "clean_error": r["clean_error"],
-                         "poison_kept": r["p_poison_kept"], "n_poison": int(counts.sum()), **extra})
+        for d in targets:
+            first = draws[d][0][0]
+            row = {"defense": d, "test_error": float(np.mean([f["p_with_defense"] for f, _ in draws[d]])),
+                   "no_defense_error": first["p_no_defense"], "clean_error": first["clean_error"],
+                   "poison_kept": float(np.mean([f["p_poison_kept"] for f, _ in draws[d]])),
+                   "n_poison": int(counts.sum())}
+            if len(draws[d]) > 1:
+                row["test_error_draws"] = [f["p_with_defense"] for f, _ in draws[d]]
+            if subpop:
+                row.update(target_error=float(np.mean([t["p_with_defense"] for _, t in draws[d]])),
+                           target_test_points=int(tmask.sum()))
+            rows.append(row)
         return rows
 
     def naive_poison(attack_name, eps):

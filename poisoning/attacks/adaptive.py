@@ -43,7 +43,8 @@ sanitizer on clean + poison as the attacker can, :func:`defense_in_the_loop` asc
 on its survivors, :func:`concentrate` puts >= :func:`copies_to_survive` copies on each location (``k + 1``
 for k-NN, ``label_k // 2 + 2`` for label sanitization; ``adaptive_attack(..., concentrate_copies=True)``), and
 :func:`select_poison` keeps the candidate (naive poison included) of the highest simulated defended error on
-the attacker's validation set. ``experiments.defense_matrix`` composes them.
+the attacker's validation set (:func:`confirm_choice` re-scores it on fresh draws of a random defense).
+``experiments.defense_matrix`` composes them.
 
 Every region contains its class centroid (or anchor) and is convex; the projection ends with a radial pull
 toward that centre, so the returned points lie in the region exactly (:meth:`FeasibleSet.contains`).
@@ -71,6 +72,7 @@ from poisoning.attacks.defense_loop import (
     LoopResult,
     SurvivorPoison,
     concentrate,
+    confirm_choice,
     copies_to_survive,
     defense_in_the_loop,
     select_poison,
@@ -90,7 +92,7 @@ from poisoning.feasible import Box, FeasibleSet
 
 __all__ = ["REGION_OF", "SVDRegion", "AnchorRegion", "defense_region", "survival_margins", "survivors",
            "adaptive_attack", "DefenseSimulation", "LoopResult", "SurvivorPoison", "concentrate", "copies_to_survive",
-           "defense_in_the_loop", "select_poison"]
+           "confirm_choice", "defense_in_the_loop", "select_poison"]
 
 # the region that makes a poison point survive each sanitizer (module docstring)
 REGION_OF = {"sphere": "sphere_slab", "slab": "sphere_slab", "loss": "loss", "sever": "loss", "roni": "loss",

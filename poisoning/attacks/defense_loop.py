@@ -27,7 +27,9 @@ on the attacker's *validation* set :math:`D_{val}` (never the test set). Three t
   simulated :math:`E_F` is returned (the start included, so it never does worse on the attacker's estimate).
 - :func:`select_poison`: the candidate of highest :math:`E_F` (ties: higher simulated validation hinge, then
   the earlier candidate). With the naive poison among the candidates the chosen one is at least as strong as
-  the naive one *on the attacker's estimate*; on the test set it may still lose.
+  the naive one *on the attacker's estimate*; on the test set it may still lose. Against a random defense
+  (RONI) that estimate is itself random, and :func:`confirm_choice` re-scores the choice on independent draws
+  before it replaces the naive poison (the winner's curse).
 
 :func:`concentrate` merges a poison's copies onto fewer locations so that every location holds at least
 :func:`copies_to_survive` copies: a location with ``k + 1`` copies has k-NN score 0 (its ``k`` nearest
@@ -55,7 +57,7 @@ from poisoning.defenses.roni import RONIDefense
 from poisoning.defenses.sanitizers import remove_fraction_per_class
 
 __all__ = ["SurvivorPoison", "DefenseSimulation", "LoopResult", "copies_to_survive", "concentrate", "select_poison",
-           "defense_in_the_loop"]
+           "confirm_choice", "defense_in_the_loop"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -144,13 +146,27 @@ class DefenseSimulation:
                         sever_rounds=int(sever_rounds), seed=int(seed), loss_score=loss_score)
         states = scores = None
         if defense == "roni" and roni == "external":
-            states, scores = [], []
-            for i in range(draws):
-                d = _roni(victim, len(y_clean), int(roni_trials), int(seed) + i)
-                states.append(d.fit(X_clean, y_clean))
-                scores.append(np.asarray(d.score_train(states[-1], X_clean, y_clean)))
+            states, scores = _external_roni(victim, X_clean, y_clean, int(roni_trials), int(seed), draws)
         return cls(defense, victim, X_clean, y_clean, float(fraction), clean_params, settings, roni, scores, states,
                    draws)
+
+    @property
+    def random(self) -> bool:
+        """Whether the defense draws at random (RONI): then the simulation's score of a poison is itself random."""
+        return self.defense == "roni"
+
+    def fresh_draws(self) -> "DefenseSimulation":
+        """The same simulation with the next ``draws`` seeds (``seed + draws``, ...), independent of this one's:
+        the held-out check of a choice made on this one's draws (:func:`confirm_choice`). A deterministic
+        defense returns itself."""
+        if not self.random:
+            return self
+        settings = dict(self.settings, seed=self.settings["seed"] + self.draws)
+        states = scores = None
+        if self.roni == "external":
+            states, scores = _external_roni(self.victim, self.X_clean, self.y_clean, settings["roni_trials"],
+                                            settings["seed"], self.draws)
+        return dataclasses.replace(self, settings=settings, roni_clean_scores=scores, roni_state=states)
 
     def _roni_keep(self, poison: PoisonPoints, draw: int):
         s = self.settings
@@ -192,6 +208,16 @@ class DefenseSimulation:
             out.append((float(np.mean(np.asarray(self.victim.predict(params, X_val)) != y_val)),
                         float(np.mean(np.asarray(hinge_score(self.victim, params, X_val, y_val))))))
         return tuple(float(v) for v in np.mean(out, axis=0))
+
+
+def _external_roni(victim, X_clean, y_clean, trials: int, seed: int, draws: int):
+    """External RONI's per-draw states and clean-pool scores, draws ``seed, ..., seed + draws - 1``."""
+    states, scores = [], []
+    for i in range(draws):
+        d = _roni(victim, len(y_clean), trials, seed + i)
+        states.append(d.fit(X_clean, y_clean))
+        scores.append(np.asarray(d.score_train(states[-1], X_clean, y_clean)))
+    return states, scores
 
 
 def _roni(victim, n: int, trials: int, seed: int) -> RONIDefense:
@@ -247,6 +273,25 @@ def select_poison(simulation: DefenseSimulation, candidates: dict, X_val, y_val)
     scores = {name: simulation.validation(p, X_val, y_val) for name, p in candidates.items()}
     best = max(scores, key=lambda nm: (scores[nm][0], scores[nm][1]))   # max() keeps the first among equals
     return best, _points(candidates[best]), scores
+
+
+def confirm_choice(simulation: DefenseSimulation, candidates: dict, chosen: str, baseline: str, X_val, y_val):
+    """``(name, scores)``: the winner's-curse check of a choice made on a random defense's simulated draws.
+
+    When the defense draws at random (RONI), the candidate of the highest simulated defended error is chosen on
+    a noisy score, so its lead over ``baseline`` is biased upwards: the maximum of several noisy scores
+    overestimates the best one (the winner's curse). The choice is therefore scored again, with ``baseline``,
+    on :meth:`DefenseSimulation.fresh_draws` (draws independent of those it was chosen on; the same validation
+    set), and kept only if it still scores strictly higher there (error, then hinge); else ``baseline`` is
+    returned. ``scores``: ``name -> (error, hinge)`` on the fresh draws (empty when nothing was checked: a
+    deterministic defense, or ``chosen == baseline``)."""
+    if chosen not in candidates or baseline not in candidates:
+        raise ValueError(f"arguments 'chosen' ({chosen!r}) and 'baseline' ({baseline!r}) must name candidates")
+    if chosen == baseline or not simulation.random:
+        return chosen, {}
+    fresh = simulation.fresh_draws()
+    scores = {nm: fresh.validation(candidates[nm], X_val, y_val) for nm in (baseline, chosen)}
+    return (chosen if tuple(scores[chosen]) > tuple(scores[baseline]) else baseline), scores
 
 
 class LoopResult(NamedTuple):

@@ -8,29 +8,35 @@ from experiments import defense_matrix
 
 
 def test_quick_matrix_writes_rows_bounds_and_heatmap(tmp_path):
-    argv = ["--quick", "--attacks", "subpopulation", "--defenses", "sphere", "--eps", "0.1",
-            "--out", str(tmp_path)]
+    argv = ["--quick", "--attacks", "subpopulation", "--defenses", "sphere", "roni", "--eps", "0.1",
+            "--defender-draws", "2", "--out", str(tmp_path)]
     res = defense_matrix.main(argv)
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["fallback"] is True and saved["dataset"] == "mnist17" and "koh2022_minmax" not in saved["left_out"]
     rows = saved["rows"]
-    assert {(r["mode"], r["defense"]) for r in rows} == {("naive", "sphere"), ("adaptive", "sphere")}
+    assert {(r["mode"], r["defense"]) for r in rows} == {(m, d) for m in ("naive", "adaptive") for d in ("sphere", "roni")}
     for r in rows:
         assert {"attack", "mode", "defense", "test_error", "eps", "bound"} <= set(r)
         assert r["attack"] == "subpopulation" and r["eps"] == 0.1 and 0.0 <= r["test_error"] <= 1.0
         assert r["n_poison"] == round(0.1 * saved["config"]["n_train"]) and 0 <= r["target_error"] <= 1
+        # RONI draws at random: its test error is the mean over the defender's two draws; sphere has one
+        assert ("test_error_draws" in r) == (r["defense"] == "roni")
+        if r["defense"] == "roni":
+            assert len(r["test_error_draws"]) == 2 and np.isclose(r["test_error"], np.mean(r["test_error_draws"]))
     b = saved["bounds"][0]
     assert b["eps"] == 0.1 and b["bound"] == saved["bound"]["0.1"] == rows[0]["bound"] > 0
     # the certificate holds for the naive poison and every adaptive one (projected onto its set)
-    assert set(b["attacks"]) == {"subpopulation/naive", "subpopulation/adaptive/sphere"}
+    assert set(b["attacks"]) == {"subpopulation/naive", "subpopulation/adaptive/sphere", "subpopulation/adaptive/roni"}
     assert all(v["below_bound"] and v["oracle_objective"] <= b["bound"] + 1e-5 for v in b["attacks"].values())
     # the adaptive poison is chosen among candidates (the naive one included) by the simulated defended error on
     # the attacker's validation set: never below the naive one there; the test-set tally counts every cell once
     for r in (r for r in rows if r["mode"] == "adaptive"):
         assert r["chosen"] in r["candidates_val_error_sim"] and "naive" in r["candidates_val_error_sim"]
-        assert r["val_error_sim"] == max(r["candidates_val_error_sim"].values()) >= r["val_error_sim_naive"]
+        best = r["best_on_selection_draws"]          # RONI: kept only if it also wins on fresh draws
+        assert r["candidates_val_error_sim"][best] == max(r["candidates_val_error_sim"].values())
+        assert r["val_error_sim"] >= r["val_error_sim_naive"] and r["chosen"] in (best, "naive")
     tally = saved["adaptive_vs_naive"]
-    assert set(tally) == {"sphere"}
+    assert set(tally) == {"sphere", "roni"}
     assert all(v["wins"] + v["ties"] + v["losses"] == 1 and v["val_losses"] == 0 for v in tally.values()), tally
     assert (tmp_path / "heatmap_eps0.1.png").stat().st_size > 0
     assert not (tmp_path / "checkpoint.npz").exists() and res["all_below_bound"] is True
@@ -50,8 +56,18 @@ def test_adaptive_for_spends_no_more_steps_than_the_naive_poison(monkeypatch):
         return PoisonPoints(np.full((2, 3), float(v)), np.array([0, 1]), counts=np.array([1, 1]))
 
     class Sim:
+        random = False
+
         def validation(self, p, X_val, y_val):
             return float(p.X[0, 0]), 0.0
+
+    class RandomSim(Sim):               # RONI: its fresh draws see the looped poison at 0.45, below the naive 0.5
+        random = True
+
+        def fresh_draws(self):
+            fresh = Sim()
+            fresh.validation = lambda p, Xv, yv: (0.45 if np.isclose(p.X[0, 0], 0.55) else float(p.X[0, 0]), 0.0)
+            return fresh
 
     looped = []
 
@@ -78,3 +94,8 @@ def test_adaptive_for_spends_no_more_steps_than_the_naive_poison(monkeypatch):
     looped.clear()
     chosen, info = defense_matrix._adaptive_for("label_flip", "loss", pp(0.9), pp(0.5), pp(0.5), ctx, 0.1)
     assert looped == [] and info["chosen"] == "region" and info["loop_history"] is None
+    # a random defense: the loop's win on the selection draws is checked on fresh draws, where it loses
+    monkeypatch.setattr(defense_matrix, "_simulation", lambda ctx, d, f: RandomSim())
+    chosen, info = defense_matrix._adaptive_for("biggio2012", "roni", pp(0.1), pp(0.5), pp(0.4), ctx, 0.1)
+    assert info["best_on_selection_draws"] == "naive_start+loop" and info["chosen"] == "naive"
+    assert chosen.X[0, 0] == 0.5 and info["val_error_sim_fresh_draws"] == {"naive": 0.5, "naive_start+loop": 0.45}

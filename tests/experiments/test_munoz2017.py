@@ -42,6 +42,7 @@ def test_munoz2017_rejects_inconsistent_settings(tmp_path):
         munoz2017.main(["--setting", "spambase-lr", "--mode", "specific", "--quick", "--out", str(tmp_path)])
 
 
+@pytest.mark.xla_optimized   # run-bound: trains a CNN (tests/conftest.py)
 def test_munoz2017_cnn_quick_falls_back_to_digits_156(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("BILEVEL_DATA_DIR", raising=False)  # no MNIST: sklearn's 8x8 digits 1, 5, 6
     res = munoz2017.main(["--setting", "cnn", "--quick", "--no-plots", "--out", str(tmp_path)])

@@ -183,14 +183,53 @@ def test_roni_simulation_averages_its_draws():
     sim = DefenseSimulation.prepare("roni", victim, X, y, fraction=0.2, roni_trials=1, seed=5, roni="exact",
                                     draws=2)
     Xs, ys, _ = expand_copies(X, y, poison)
-    per_draw = []
-    for seed in (5, 6):
+
+    def defended(seed):              # (error, hinge) on the validation set after the defender's RONI of ``seed``
         params, _ = sanitize_and_train(victim, Xs, ys, "roni", 0.2, roni_trials=1, seed=seed,
                                        warm_start=sim.clean_params)
-        per_draw.append((float(np.mean(np.asarray(victim.predict(params, Xv)) != yv)),
-                         float(np.mean(np.asarray(hinge_score(victim, params, Xv, yv))))))
+        return (float(np.mean(np.asarray(victim.predict(params, Xv)) != yv)),
+                float(np.mean(np.asarray(hinge_score(victim, params, Xv, yv)))))
+
+    per_draw = [defended(seed) for seed in (5, 6)]
     assert per_draw[0][1] != pytest.approx(per_draw[1][1])          # the draws differ: the mean is a real mean
     assert sim.draws == 2 and sim.validation(poison, Xv, yv) == pytest.approx(tuple(np.mean(per_draw, axis=0)))
-    assert DefenseSimulation.prepare("sphere", victim, X, y, fraction=0.2, draws=3).draws == 1
+    sphere = DefenseSimulation.prepare("sphere", victim, X, y, fraction=0.2, draws=3)
+    assert sphere.draws == 1 and not sphere.random and sphere.fresh_draws() is sphere
     with pytest.raises(ValueError, match="draws"):
         DefenseSimulation.prepare("roni", victim, X, y, fraction=0.2, draws=0)
+    # fresh draws: the next seeds (7, 8), independent of the selection draws (5, 6)
+    fresh = sim.fresh_draws()
+    per_fresh = [defended(seed) for seed in (7, 8)]
+    assert sim.random and fresh.settings["seed"] == 7 and sim.settings["seed"] == 5
+    # the external simulation redraws its clean-pool scores too: as if prepared with the next seed
+    ext = DefenseSimulation.prepare("roni", victim, X, y, fraction=0.2, roni_trials=1, seed=5)
+    again = DefenseSimulation.prepare("roni", victim, X, y, fraction=0.2, roni_trials=1, seed=6)
+    assert ext.fresh_draws().validation(poison, Xv, yv) == pytest.approx(again.validation(poison, Xv, yv))
+    assert not np.array_equal(ext.fresh_draws().roni_clean_scores[0], ext.roni_clean_scores[0])
+    assert fresh.validation(poison, Xv, yv) == pytest.approx(tuple(np.mean(per_fresh, axis=0)))
+
+
+def test_confirm_choice_rescores_a_random_defense_on_fresh_draws():
+    """The winner's-curse check keeps a choice only if it beats the baseline on fresh draws; a deterministic
+    defense, or the baseline itself, is returned unchecked; names outside the candidates are refused."""
+    from poisoning.attacks.defense_loop import confirm_choice
+
+    class Fresh:
+        def validation(self, p, X_val, y_val):
+            return float(p), 0.0
+
+    class Sim:
+        def __init__(self, random):
+            self.random = random
+
+        def fresh_draws(self):
+            return Fresh()
+
+    cands = {"naive": 0.3, "a": 0.2, "b": 0.4}
+    assert confirm_choice(Sim(True), cands, "a", "naive", None, None) == ("naive", {"naive": (0.3, 0.0),
+                                                                                    "a": (0.2, 0.0)})
+    assert confirm_choice(Sim(True), cands, "b", "naive", None, None)[0] == "b"
+    assert confirm_choice(Sim(False), cands, "a", "naive", None, None) == ("a", {})
+    assert confirm_choice(Sim(True), cands, "naive", "naive", None, None) == ("naive", {})
+    with pytest.raises(ValueError, match="chosen"):
+        confirm_choice(Sim(True), cands, "c", "naive", None, None)

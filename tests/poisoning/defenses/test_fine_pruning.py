@@ -21,6 +21,8 @@ from poisoning.models._common import avg_pool
 from poisoning.training import TrainConfig, predict
 from tests.poisoning.defenses._backdoor_models import backdoored_digits, numpy_init
 
+pytestmark = pytest.mark.xla_optimized   # run-bound: trains networks (tests/conftest.py)
+
 
 @pytest.mark.parametrize("model,layer,size", [(BadNetsCNN(num_classes=10, width=4, hidden=16), "conv2", 16),
                                               (LeNet5(num_classes=10, pad=4), "c3", 8)])

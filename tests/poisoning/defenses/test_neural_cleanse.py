@@ -19,6 +19,8 @@ from poisoning.defenses.neural_cleanse import (
 from poisoning.training import TrainConfig
 from tests.poisoning.defenses._backdoor_models import backdoored_digits
 
+pytestmark = pytest.mark.xla_optimized   # run-bound: trains networks (tests/conftest.py)
+
 # short schedule for the tests (the paper runs up to 1000 rounds of 31 steps with early stopping)
 CONFIG = NeuralCleanseConfig(rounds=24, steps_per_round=8, batch_size=16, patience=2,
                              unlearn=TrainConfig(epochs=2, batch_size=50, optimizer="sgd", learning_rate=0.01))

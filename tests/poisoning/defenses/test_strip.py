@@ -11,6 +11,8 @@ import pytest
 from poisoning.defenses.strip import StripConfig, plot_entropies, strip, strip_entropy, strip_threshold
 from tests.poisoning.defenses._backdoor_models import backdoored_digits, numpy_init
 
+pytestmark = pytest.mark.xla_optimized   # run-bound: trains networks (tests/conftest.py)
+
 
 class _Linear(nn.Module):
     num_classes: int = 3
