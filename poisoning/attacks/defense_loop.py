@@ -51,6 +51,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from bilevel import ConvergenceError
 from poisoning.attack import PoisoningAttack, PoisonPoints, run
 from poisoning.defenses.evaluate import DEFENSES, expand_copies, fit_victim, hinge_score, sanitize_and_train
 from poisoning.defenses.roni import RONIDefense
@@ -310,7 +311,9 @@ def defense_in_the_loop(attack: PoisoningAttack, simulation: DefenseSimulation, 
     survivors (module docstring): ``rounds`` rounds of ``steps`` driver steps, the keep mask of
     ``simulation`` recomputed before each. Returns ``(poison, history)``: the iterate (start included) of the
     highest simulated defended validation error (ties: higher hinge, earlier), with ``poison``'s copies
-    (:class:`LoopResult`). ``warm_start``: the driver's warm start (default the clean fit)."""
+    (:class:`LoopResult`). ``warm_start``: the driver's warm start (default the clean fit). An iterate whose
+    defended victim does not train (:class:`bilevel.ConvergenceError` in the simulation) ends the loop with a
+    warning and is not a candidate; the history holds the rounds before it."""
     if int(rounds) < 1 or int(steps) < 1:
         raise ValueError(f"arguments 'rounds' and 'steps' must be >= 1, got {rounds!r}, {steps!r}")
     p = _points(poison)
@@ -326,7 +329,13 @@ def defense_in_the_loop(attack: PoisoningAttack, simulation: DefenseSimulation, 
             warnings.filterwarnings("ignore", message=".*ascent stalled", category=RuntimeWarning)
             res = run(attack, X_clean, y_clean, sp, (X_val, y_val), steps=int(steps), warm_start=warm)
         p = PoisonPoints(np.asarray(res.poison.X, float), p.y, counts=p.counts)
+        try:
+            score = simulation.validation(p, X_val, y_val)
+        except ConvergenceError as err:             # the attacker cannot train on it: not a candidate; stop
+            warnings.warn(f"defense_in_the_loop: round {len(iterates)} dropped, its defended victim did not "
+                          f"train ({err})", RuntimeWarning, stacklevel=2)
+            break
         iterates.append(p)
-        history.append(simulation.validation(p, X_val, y_val))
+        history.append(score)
     best = max(range(len(iterates)), key=lambda i: (history[i][0], history[i][1]))
     return LoopResult(iterates[best], history, best)

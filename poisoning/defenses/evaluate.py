@@ -60,12 +60,16 @@ def _fit_compiled(victim, X, y_enc, weights, warm_start):
     return params, optax.tree_utils.tree_norm(grad)
 
 
-def fit_victim(victim, X, y, weights=None, warm_start=None):
+def fit_victim(victim, X, y, weights=None, warm_start=None, *, continuations: int = 2):
     """``victim.fit`` compiled once per victim and data shape (an eager ``fit`` re-traces and re-compiles its
     solver loops at every call): no weights are weights 1 and no warm start is the victim's cold start
     (``victim.init``), so every call shares one compilation. Labels validated as in
-    :meth:`~poisoning.victims.Victim.fit`; a smooth victim whose training gradient is not small at the
-    result raises :class:`bilevel.ConvergenceError` (e.g. Newton thrown off by a cold start)."""
+    :meth:`~poisoning.victims.Victim.fit`. A smooth victim whose training gradient is not small at the result
+    is solved again from where it stopped, up to ``continuations`` times (its iteration cap reached on a stiff
+    problem, e.g. a smoothed hinge at a small temperature warm-started far from the poisoned optimum); still
+    not small, it raises :class:`bilevel.ConvergenceError` (e.g. Newton thrown off by a cold start)."""
+    if isinstance(continuations, bool) or not isinstance(continuations, (int, np.integer)) or continuations < 0:
+        raise ValueError(f"argument 'continuations' must be an int >= 0, got {continuations!r}")
     dtype = jnp.result_type(float)
     X = jnp.asarray(np.asarray(X), dtype)
     n = X.shape[0]
@@ -76,8 +80,13 @@ def fit_victim(victim, X, y, weights=None, warm_start=None):
     warm_start = jax.tree_util.tree_map(lambda a: jnp.asarray(a, dtype) if jnp.issubdtype(jnp.asarray(a).dtype,
                                                                                         jnp.floating) else a,
                                         warm_start)
-    params, gnorm = _fit_compiled(victim, X, victim.encode(y, dtype), jnp.asarray(weights, dtype), warm_start)
+    y_enc, weights = victim.encode(y, dtype), jnp.asarray(weights, dtype)
+    params, gnorm = _fit_compiled(victim, X, y_enc, weights, warm_start)
     tol = 1e-5 if dtype == jnp.float64 else 1e-2
+    for _ in range(int(continuations)):             # the same compiled solve, from its last iterate
+        if float(gnorm) <= tol or not np.isfinite(float(gnorm)):
+            break
+        params, gnorm = _fit_compiled(victim, X, y_enc, weights, params)
     if not float(gnorm) <= tol:  # a smooth victim's solver that diverged or stalled (it may not raise)
         raise ConvergenceError(f"fit_victim: {victim.name} did not converge: gradient norm of its training "
                                f"objective {float(gnorm):.3e} > {tol:g}; try a warm start from a nearby fit")

@@ -233,3 +233,38 @@ def test_confirm_choice_rescores_a_random_defense_on_fresh_draws():
     assert confirm_choice(Sim(True), cands, "naive", "naive", None, None) == ("naive", {})
     with pytest.raises(ValueError, match="chosen"):
         confirm_choice(Sim(True), cands, "c", "naive", None, None)
+
+
+def test_a_round_whose_defended_victim_does_not_train_is_dropped(monkeypatch):
+    """defense_in_the_loop: when the simulation cannot train the defended victim on a round's iterate
+    (ConvergenceError), the loop warns, stops and chooses among the iterates before it."""
+    from bilevel import ConvergenceError
+    from poisoning.attacks import defense_loop as L
+
+    X, y = _blobs(24, d=2)
+    start = initial_poison(X, y, 4, 2, seed=0)
+    calls = []
+
+    class Sim:
+        clean_params = None
+
+        def run(self, p):
+            Xs, ys, is_p = expand_copies(X, y, p)
+            return None, np.ones(len(ys), bool), is_p
+
+        def validation(self, p, X_val, y_val):
+            calls.append(1)
+            if len(calls) == 2:               # the first round's iterate
+                raise ConvergenceError("stalled")
+            return 0.1, 0.2
+
+    def fake_run(attack, X_clean, y_clean, sp, val, *, steps, warm_start):
+        class R:
+            poison = PoisonPoints(np.asarray(sp.X) + 0.01, sp.y)
+        return R()
+
+    monkeypatch.setattr(L, "run", fake_run)
+    with pytest.warns(RuntimeWarning, match="round 1 dropped"):
+        loop = L.defense_in_the_loop(None, Sim(), X, y, start, X, y, rounds=2, steps=1)
+    assert loop.history == [(0.1, 0.2)] and loop.best == 0 and len(calls) == 2
+    np.testing.assert_array_equal(loop.poison.X, start.X)

@@ -113,3 +113,20 @@ def test_newer_defenses_in_the_table():
     assert (~keep).sum() == sum(round(0.2 * np.sum(ys == c)) for c in (0, 1))
     with pytest.raises(ValueError, match="unknown defense"):
         evaluate_defenses(victim, X, y, Xt, yt, {"flip": flip}, defenses=("nope",))
+
+
+def test_a_stalled_fit_continues_from_its_last_iterate():
+    """A Newton solve capped at 2 iterations stops short of the optimum; fit_victim continues it from its last
+    iterate (the same compiled solve) and reaches the 50-iteration fit; without continuations it raises."""
+    from bilevel import ConvergenceError
+
+    X, y = _data(40)
+    full = fit_victim(victims.smooth_svm(0.05, 0.1), X, y)
+    short = victims.smooth_svm(0.05, 0.1, maxiter=2)
+    with pytest.raises(ConvergenceError, match="did not converge"):
+        fit_victim(short, X, y, continuations=0)
+    params = fit_victim(short, X, y, continuations=5)
+    np.testing.assert_allclose(params["w"], full["w"], atol=1e-6)
+    np.testing.assert_allclose(params["b"], full["b"], atol=1e-6)
+    with pytest.raises(ValueError, match="continuations"):
+        fit_victim(short, X, y, continuations=-1)
