@@ -118,7 +118,6 @@ ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence", "koh2022_kkt", "koh20
            "subpopulation")
 POINT_ATTACKS = ("biggio2012", "munoz2017", "koh2022_influence")   # gradient ascent for --steps steps
 CONSTRUCTED = ("koh2022_kkt", "koh2022_minmax")                    # new points built in one go (no steps)
-RANDOM_DEFENSES = ("roni",)        # random in their draws: --defender-draws averages their test error
 DRAW_STRIDE = 10_007               # the defender's j-th draw has seed + j * DRAW_STRIDE (never an attacker's seed)
 LEFT_OUT = {
     "jagielski2018_optp": "a regression attack (real-valued labels, MSE); its classification form is the "
@@ -515,7 +514,7 @@ def run(args) -> dict[str, Any]:
     from poisoning.attacks.subpopulation import ClusterMatch
     from poisoning.attack import PoisonPoints
     from poisoning.certify import steinhardt as S
-    from poisoning.defenses.evaluate import DEFENSES, evaluate_defenses, fit_victim, hinge_score
+    from poisoning.defenses.evaluate import DEFENSES, RANDOM_DEFENSES, evaluate_defenses, fit_victim, hinge_score
 
     t0 = time.perf_counter()
     eps_grid = _cli.parse_fractions(args.eps)

@@ -53,7 +53,8 @@ import numpy as np
 
 from bilevel import ConvergenceError
 from poisoning.attack import PoisoningAttack, PoisonPoints, run
-from poisoning.defenses.evaluate import DEFENSES, expand_copies, fit_victim, hinge_score, sanitize_and_train
+from poisoning.defenses.evaluate import (DEFENSES, RANDOM_DEFENSES, expand_copies, fit_victim, hinge_score,
+                                        sanitize_and_train)
 from poisoning.defenses.roni import RONIDefense
 from poisoning.defenses.sanitizers import remove_fraction_per_class
 
@@ -140,7 +141,7 @@ class DefenseSimulation:
             raise ValueError(f"argument 'roni' must be 'external' or 'exact', got {roni!r}")
         if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
             raise ValueError(f"argument 'draws' must be an int >= 1, got {draws!r}")
-        draws = int(draws) if defense == "roni" else 1
+        draws = int(draws) if defense in RANDOM_DEFENSES else 1
         X_clean, y_clean = np.asarray(X_clean, float), np.asarray(y_clean).astype(int)
         clean_params = fit_victim(victim, X_clean, y_clean) if clean_params is None else clean_params
         settings = dict(k=int(k), rank=int(rank), label_k=int(label_k), roni_trials=int(roni_trials),
@@ -154,7 +155,7 @@ class DefenseSimulation:
     @property
     def random(self) -> bool:
         """Whether the defense draws at random (RONI): then the simulation's score of a poison is itself random."""
-        return self.defense == "roni"
+        return self.defense in RANDOM_DEFENSES
 
     def fresh_draws(self) -> "DefenseSimulation":
         """The same simulation with the next ``draws`` seeds (``seed + draws``, ...), independent of this one's:

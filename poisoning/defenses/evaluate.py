@@ -44,11 +44,12 @@ from poisoning.defenses.sever import SeverDefense
 from poisoning.defenses.svd import SVDDefense
 from poisoning.victims.base import check_weights
 
-__all__ = ["DEFENSES", "KOH_DEFENSES", "fit_victim", "fit_poisoned", "hinge_score", "expand_copies", "make_defense",
-           "sanitize_and_train", "evaluate_defenses"]
+__all__ = ["DEFENSES", "KOH_DEFENSES", "RANDOM_DEFENSES", "fit_victim", "fit_poisoned", "hinge_score",
+           "expand_copies", "make_defense", "sanitize_and_train", "evaluate_defenses"]
 
 DEFENSES = ("sphere", "slab", "loss", "knn", "sever", "roni", "label_sanitization", "svd")
 KOH_DEFENSES = ("sphere", "slab", "loss", "knn")   # the default of evaluate_defenses (Koh et al.'s four)
+RANDOM_DEFENSES = ("roni",)                        # random in their draws (their ``seed`` matters)
 
 
 @functools.partial(jax.jit, static_argnums=0)
