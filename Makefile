@@ -20,7 +20,7 @@ demo: $(STAMP)
 	MPLBACKEND=Agg $(PY) -m experiments.demo
 
 test: $(STAMP)
-	MPLBACKEND=Agg $(PY) -m pytest -n 2 -q tests
+	MPLBACKEND=Agg $(PY) -m pytest -n 2 -q --durations=20 tests
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

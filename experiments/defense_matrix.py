@@ -56,8 +56,9 @@ al. 2022), so the adaptive poison against defense ``D`` is chosen in three stage
    attack's objective against the victim trained on the simulated survivors (keep mask fixed within a
    round, recomputed between rounds); then the best of the loop's iterates and the full-budget candidates;
 4. against RONI, whose simulated score is random in its draws, the choice replaces the naive poison only if it
-   still scores higher on fresh draws (:func:`poisoning.attacks.defense_loop.confirm_choice`): chosen as the
-   maximum of noisy scores, its lead on the selection draws is biased upwards (the winner's curse).
+   still scores higher on ``--confirm-draws`` fresh draws (:func:`poisoning.attacks.defense_loop.confirm_choice`),
+   by more than ``--confirm-z`` standard errors of its lead (over the draws and the validation points): chosen
+   as the maximum of noisy scores, its lead on the selection draws is biased upwards (the winner's curse).
 
 Since the naive poison is a candidate, the adaptive one is at least as strong as the naive one on the
 attacker's own estimate, after as many steps; on the test set it can still lose. ``adaptive_vs_naive`` counts, per defense,
@@ -86,9 +87,12 @@ MNIST-1-7 test error <= 4 % under a bound of about 7 % for eps <= 0.3).
 Outputs (``--out``): ``results.json`` (``rows``: ``attack``, ``mode``, ``defense``, ``eps``, ``test_error``,
 ``no_defense_error``, ``poison_kept``, ``n_poison``, ``bound``, and for adaptive rows ``chosen``,
 ``val_error_sim``, ``val_error_sim_naive``, ``candidates_val_error_sim``, ``loop_history``,
-``best_on_selection_draws`` and ``val_error_sim_fresh_draws`` (RONI's winner's-curse check); with
+``best_on_selection_draws``, ``val_error_sim_fresh_draws``, ``fresh_draws_lead`` and ``fresh_draws_lead_se``
+(RONI's winner's-curse check); with
 ``--defender-draws D > 1``, RONI's ``test_error`` and ``poison_kept`` are means over the defender's D draws and
-``test_error_draws`` lists them; ``bounds``: per
+``test_error_draws`` lists them (the naive and the adaptive poison meet the same D draws, so
+``adaptive_vs_naive`` also gives the paired difference, its standard error over the draws, and the cells where it
+exceeds two standard errors either way); ``bounds``: per
 eps, ``bound`` and each attack's (``ATTACK/naive``, ``ATTACK/adaptive/DEFENSE``) ``oracle_objective`` /
 ``oracle_test_error`` / ``below_bound``; ``adaptive_vs_naive``; ``clean_error`` per defense; ``paper``),
 ``heatmap_eps*.png`` (attacks x defenses, naive and adaptive panels), checkpoint and resume
@@ -167,6 +171,12 @@ def build_parser():
     p.add_argument("--roni-draws", type=int, default=1,
                    help="the attacker's RONI simulation averaged over this many of its own draws (the expected "
                         "defended error; one draw makes the choice among candidates a winner's curse)")
+    p.add_argument("--confirm-draws", type=int, default=4,
+                   help="RONI: the chosen poison and the naive one re-scored on this many fresh draws of the "
+                        "attacker's simulation (the winner's-curse check; two candidates, so more draws are cheap)")
+    p.add_argument("--confirm-z", type=float, default=2.0,
+                   help="RONI: the chosen poison replaces the naive one only if its lead on the fresh draws exceeds "
+                        "this many standard errors (draws and validation points; 0: any lead)")
     p.add_argument("--defender-draws", type=int, default=1,
                    help="RONI's test error averaged over this many of the defender's draws (seeds seed, seed + "
                         f"{DRAW_STRIDE}, ...; disjoint from the attacker's): its expected value, not one draw's")
@@ -467,10 +477,14 @@ def _adaptive_for(attack_name, defense, region_poison, naive, naive_start, ctx, 
         scores[looped] = loop.history[loop.best]
         pool[looped] = loop.poison
     best = max(pool, key=lambda nm: (scores[nm][0], scores[nm][1]))   # ties: the naive poison, listed first
-    chosen, confirm = L.confirm_choice(sim, pool, best, "naive", ctx.Xv, ctx.yv)   # RONI: on fresh draws
+    confirm = L.confirm_choice(sim, pool, best, "naive", ctx.Xv, ctx.yv,   # RONI: on fresh draws, beyond noise
+                               draws=a.confirm_draws, z=a.confirm_z)
+    chosen = confirm.name
     info = {"chosen": chosen, "val_error_sim": scores[chosen][0], "val_error_sim_naive": scores["naive"][0],
             "candidates_val_error_sim": {nm: v[0] for nm, v in scores.items()}, "loop_history": loop_history,
-            "best_on_selection_draws": best, "val_error_sim_fresh_draws": {nm: v[0] for nm, v in confirm.items()}}
+            "best_on_selection_draws": best,
+            "val_error_sim_fresh_draws": {nm: v[0] for nm, v in confirm.scores.items()},
+            "fresh_draws_lead": confirm.lead, "fresh_draws_lead_se": confirm.se}
     return pool[chosen], info
 
 
@@ -527,9 +541,11 @@ def run(args) -> dict[str, Any]:
     if args.loop_rounds < 0 or args.loop_steps < 0:
         raise SystemExit(f"--loop-rounds and --loop-steps must be >= 0, got {args.loop_rounds}, {args.loop_steps}")
     for flag in ("steps", "locations", "roni_trials", "clusters", "bound_steps", "pool", "minmax_copies",
-                 "roni_draws", "defender_draws"):
+                 "roni_draws", "defender_draws", "confirm_draws"):
         if getattr(args, flag) < 1:
             raise SystemExit(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    if not (math.isfinite(args.confirm_z) and args.confirm_z >= 0):
+        raise SystemExit(f"--confirm-z must be a finite number >= 0, got {args.confirm_z}")
     if args.quick:
         args.steps = min(args.steps, 3)
         args.n_train = min(args.n_train or 10**9, 80)
@@ -557,7 +573,8 @@ def run(args) -> dict[str, Any]:
                 "roni_trials": args.roni_trials, "clusters": args.clusters, "bound_steps": args.bound_steps,
                 "rho_squared": args.rho_squared, "loop_rounds": args.loop_rounds, "loop_steps": args.loop_steps,
                 "roni_simulation": args.roni_simulation, "roni_draws": args.roni_draws,
-                "defender_draws": args.defender_draws,
+                "defender_draws": args.defender_draws, "confirm_draws": args.confirm_draws,
+                "confirm_z": args.confirm_z,
                 "minmax_copies": args.minmax_copies,
                 "naive_steps": args.steps + math.prod(_loop_budget(ctx)),
                 "pool": args.pool if args.dataset == "mnist17" else None,
@@ -711,19 +728,36 @@ def run(args) -> dict[str, Any]:
 def adaptive_vs_naive(rows, defenses) -> dict:
     """Per defense: adaptive vs naive over the (attack, eps) cells, ``wins`` / ``ties`` / ``losses`` on the test
     error after the defense (strict; a tie is equal error) and ``val_*`` on the attacker's simulated defended
-    validation error (the selection criterion)."""
+    validation error (the selection criterion).
+
+    A random defense evaluated over the defender's draws (rows with ``test_error_draws``; the naive and the
+    adaptive poison on the same draws) also gets the paired view: per cell the mean difference (adaptive -
+    naive) and its standard error over the draws (``paired``: ``[attack, eps, diff, se]``), and the cells where
+    the difference exceeds two standard errors (``sig_wins``, ``sig_losses``): a strict tally of noisy means
+    counts noise as wins and losses."""
     naive = {(r["attack"], r["defense"], r["eps"]): r for r in rows if r["mode"] == "naive"}
     out = {}
     for d in defenses:
         c = dict.fromkeys(("wins", "ties", "losses", "val_wins", "val_ties", "val_losses"), 0)
+        paired = []
         for r in rows:
             if r["mode"] != "adaptive" or r["defense"] != d or r.get("test_error") is None:
                 continue
-            nv = naive[(r["attack"], d, r["eps"])]["test_error"]
+            nr = naive[(r["attack"], d, r["eps"])]
+            nv = nr["test_error"]
             c["wins" if r["test_error"] > nv else "ties" if r["test_error"] == nv else "losses"] += 1
             if "val_error_sim" in r:
                 a, b = r["val_error_sim"], r["val_error_sim_naive"]
                 c["val_wins" if a > b else "val_ties" if a == b else "val_losses"] += 1
+            da, dn = r.get("test_error_draws"), nr.get("test_error_draws")
+            if da is not None and dn is not None and len(da) == len(dn) and len(da) > 1:
+                diff = np.asarray(da, float) - np.asarray(dn, float)
+                paired.append([r["attack"], r["eps"], float(diff.mean()),
+                               float(diff.std(ddof=1) / math.sqrt(len(diff)))])
+        if paired:
+            c["paired"] = paired
+            c["sig_wins"] = sum(m > 2 * se for _, _, m, se in paired)
+            c["sig_losses"] = sum(m < -2 * se for _, _, m, se in paired)
         out[d] = c
     return out
 
@@ -757,9 +791,15 @@ def _print(results, defenses):
     print("\nadaptive vs naive, test error after each defense (strict wins / ties / losses; on the attacker's "
           "simulated defended validation error in brackets):")
     print(_cli.format_table([[d, v["wins"], v["ties"], v["losses"],
-                              f"[{v['val_wins']}/{v['val_ties']}/{v['val_losses']}]"]
+                              f"[{v['val_wins']}/{v['val_ties']}/{v['val_losses']}]",
+                              f"{v['sig_wins']}/{v['sig_losses']}" if "paired" in v else ""]
                              for d, v in results["adaptive_vs_naive"].items()],
-                            ["defense", "wins", "ties", "losses", "val w/t/l"]))
+                            ["defense", "wins", "ties", "losses", "val w/t/l", "beyond 2 SE w/l"]))
+    for d, v in results["adaptive_vs_naive"].items():
+        for attack, eps, m, se in v.get("paired", []):
+            if m != 0.0:
+                print(f"  {d}: {attack} eps {eps:g}: adaptive - naive = {100 * m:+.2f} +- {100 * se:.2f} pp "
+                      f"(mean and standard error over the defender's draws)")
     print(f"\nevery attack's oracle objective <= U*: {results['all_below_bound']}")
     print(f"paper: Steinhardt 2017 -- {PAPER['steinhardt2017']['note']}; Koh 2022 -- {PAPER['koh2022']['note']}")
     print("left out: " + "; ".join(f"{k}: {v}" for k, v in LEFT_OUT.items()))

@@ -68,6 +68,7 @@ import numpy as np
 
 from poisoning.attack import PoisoningAttack, PoisonPoints, PoisonWeights
 from poisoning.attacks.defense_loop import (
+    Confirmation,
     DefenseSimulation,
     LoopResult,
     SurvivorPoison,
@@ -92,7 +93,7 @@ from poisoning.feasible import Box, FeasibleSet
 
 __all__ = ["REGION_OF", "SVDRegion", "AnchorRegion", "defense_region", "survival_margins", "survivors",
            "adaptive_attack", "DefenseSimulation", "LoopResult", "SurvivorPoison", "concentrate", "copies_to_survive",
-           "confirm_choice", "defense_in_the_loop", "select_poison"]
+           "Confirmation", "confirm_choice", "defense_in_the_loop", "select_poison"]
 
 # the region that makes a poison point survive each sanitizer (module docstring)
 REGION_OF = {"sphere": "sphere_slab", "slab": "sphere_slab", "loss": "loss", "sever": "loss", "roni": "loss",

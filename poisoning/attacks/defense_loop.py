@@ -14,7 +14,7 @@ on the attacker's *validation* set :math:`D_{val}` (never the test set). Three t
 
 - :class:`DefenseSimulation`: :math:`F` as the attacker runs it (:func:`poisoning.defenses.evaluate.sanitize_and_train`
   with the evaluation's settings), ``run(poison) -> (params, keep, is_poison)`` and
-  ``validation(poison, X_val, y_val) -> (error, hinge)``. RONI (Nelson et al. 2008) costs ``2 n T`` fits per
+  ``validation(poison, X_val, y_val) -> (error, hinge)`` (``mistakes``: per draw and point). RONI (Nelson et al. 2008) costs ``2 n T`` fits per
   call, so its simulation (``roni="external"``, the default) scores the clean pool once against its own draws
   and each poison location as an external candidate against the same draws (Nelson et al.'s original use:
   a candidate judged against a pool it is not part of), then removes the top ``fraction`` per class of the
@@ -29,7 +29,7 @@ on the attacker's *validation* set :math:`D_{val}` (never the test set). Three t
   the earlier candidate). With the naive poison among the candidates the chosen one is at least as strong as
   the naive one *on the attacker's estimate*; on the test set it may still lose. Against a random defense
   (RONI) that estimate is itself random, and :func:`confirm_choice` re-scores the choice on independent draws
-  before it replaces the naive poison (the winner's curse).
+  before it replaces the naive poison (the winner's curse), and keeps it only if its lead there is beyond noise.
 
 :func:`concentrate` merges a poison's copies onto fewer locations so that every location holds at least
 :func:`copies_to_survive` copies: a location with ``k + 1`` copies has k-NN score 0 (its ``k`` nearest
@@ -58,8 +58,8 @@ from poisoning.defenses.evaluate import (DEFENSES, RANDOM_DEFENSES, expand_copie
 from poisoning.defenses.roni import RONIDefense
 from poisoning.defenses.sanitizers import remove_fraction_per_class
 
-__all__ = ["SurvivorPoison", "DefenseSimulation", "LoopResult", "copies_to_survive", "concentrate", "select_poison",
-           "confirm_choice", "defense_in_the_loop"]
+__all__ = ["SurvivorPoison", "DefenseSimulation", "LoopResult", "Confirmation", "copies_to_survive", "concentrate",
+           "select_poison", "confirm_choice", "defense_in_the_loop"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,18 +157,21 @@ class DefenseSimulation:
         """Whether the defense draws at random (RONI): then the simulation's score of a poison is itself random."""
         return self.defense in RANDOM_DEFENSES
 
-    def fresh_draws(self) -> "DefenseSimulation":
-        """The same simulation with the next ``draws`` seeds (``seed + draws``, ...), independent of this one's:
-        the held-out check of a choice made on this one's draws (:func:`confirm_choice`). A deterministic
-        defense returns itself."""
+    def fresh_draws(self, draws: int | None = None) -> "DefenseSimulation":
+        """The same simulation with ``draws`` (default: as many as this one's) new seeds from ``seed + self.draws``
+        on, independent of this one's: the held-out check of a choice made on this one's draws
+        (:func:`confirm_choice`). A deterministic defense returns itself."""
+        if draws is not None and (isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1):
+            raise ValueError(f"argument 'draws' must be an int >= 1 or None, got {draws!r}")
         if not self.random:
             return self
+        draws = self.draws if draws is None else int(draws)
         settings = dict(self.settings, seed=self.settings["seed"] + self.draws)
         states = scores = None
         if self.roni == "external":
             states, scores = _external_roni(self.victim, self.X_clean, self.y_clean, settings["roni_trials"],
-                                            settings["seed"], self.draws)
-        return dataclasses.replace(self, settings=settings, roni_clean_scores=scores, roni_state=states)
+                                            settings["seed"], draws)
+        return dataclasses.replace(self, settings=settings, roni_clean_scores=scores, roni_state=states, draws=draws)
 
     def _roni_keep(self, poison: PoisonPoints, draw: int):
         s = self.settings
@@ -200,16 +203,22 @@ class DefenseSimulation:
                                           sever_rounds=s["sever_rounds"], seed=s["seed"] + draw)
         return params, np.asarray(keep), is_p
 
-    def validation(self, poison, X_val, y_val) -> tuple[float, float]:
-        """``(error, hinge)``: the defended victim's 0-1 error and mean hinge on ``(X_val, y_val)``, averaged
-        over the simulation's ``draws``."""
+    def mistakes(self, poison, X_val, y_val) -> tuple[np.ndarray, np.ndarray]:
+        """``(errors, hinges)``, each ``(draws, n_val)``: per draw of the simulation and validation point, the
+        defended victim's 0-1 mistake and hinge loss."""
         y_val = np.asarray(y_val).astype(int)
-        out = []
+        errors, hinges = [], []
         for i in range(self.draws):
             params, _, _ = self.run(poison, draw=i)
-            out.append((float(np.mean(np.asarray(self.victim.predict(params, X_val)) != y_val)),
-                        float(np.mean(np.asarray(hinge_score(self.victim, params, X_val, y_val))))))
-        return tuple(float(v) for v in np.mean(out, axis=0))
+            errors.append(np.asarray(self.victim.predict(params, X_val)) != y_val)
+            hinges.append(np.asarray(hinge_score(self.victim, params, X_val, y_val), float))
+        return np.asarray(errors, float), np.asarray(hinges, float)
+
+    def validation(self, poison, X_val, y_val) -> tuple[float, float]:
+        """``(error, hinge)``: the defended victim's 0-1 error and mean hinge on ``(X_val, y_val)``, averaged
+        over the simulation's ``draws`` (:meth:`mistakes`)."""
+        errors, hinges = self.mistakes(poison, X_val, y_val)
+        return float(errors.mean()), float(hinges.mean())
 
 
 def _external_roni(victim, X_clean, y_clean, trials: int, seed: int, draws: int):
@@ -277,23 +286,54 @@ def select_poison(simulation: DefenseSimulation, candidates: dict, X_val, y_val)
     return best, _points(candidates[best]), scores
 
 
-def confirm_choice(simulation: DefenseSimulation, candidates: dict, chosen: str, baseline: str, X_val, y_val):
-    """``(name, scores)``: the winner's-curse check of a choice made on a random defense's simulated draws.
+class Confirmation(NamedTuple):
+    """Output of :func:`confirm_choice`: the candidate ``name`` kept, ``scores`` (``name -> (error, hinge)`` on
+    the fresh draws; empty when nothing was checked), the chosen candidate's ``lead`` over the baseline there
+    (mean paired error difference) and its standard error ``se``."""
+
+    name: str
+    scores: dict
+    lead: float | None = None
+    se: float | None = None
+
+
+def confirm_choice(simulation: DefenseSimulation, candidates: dict, chosen: str, baseline: str, X_val, y_val, *,
+                   draws: int | None = None, z: float = 2.0) -> Confirmation:
+    r"""The winner's-curse check of a choice made on a random defense's simulated draws (:class:`Confirmation`).
 
     When the defense draws at random (RONI), the candidate of the highest simulated defended error is chosen on
     a noisy score, so its lead over ``baseline`` is biased upwards: the maximum of several noisy scores
     overestimates the best one (the winner's curse). The choice is therefore scored again, with ``baseline``,
-    on :meth:`DefenseSimulation.fresh_draws` (draws independent of those it was chosen on; the same validation
-    set), and kept only if it still scores strictly higher there (error, then hinge); else ``baseline`` is
-    returned. ``scores``: ``name -> (error, hinge)`` on the fresh draws (empty when nothing was checked: a
-    deterministic defense, or ``chosen == baseline``)."""
+    on :meth:`DefenseSimulation.fresh_draws` (``draws`` of them, default as many as the selection's; independent
+    of those it was chosen on; both candidates on the same draws and the same validation set). With
+    :math:`d_{ji}` the difference of their 0-1 mistakes on validation point :math:`i` under fresh draw
+    :math:`j` (:math:`J` draws, :math:`m` points), the lead :math:`\bar d` has the standard error
+
+    .. math:: \mathrm{se} = \sqrt{\operatorname{var}_j(\bar d_{j\cdot}) / J
+              + \operatorname{var}_i(\bar d_{\cdot i}) / m}
+
+    (the draws' noise, and the validation sample's: the choice must carry over to new data, not to these
+    ``m`` points only). The choice is kept only if :math:`\bar d > 0` and :math:`\bar d > z\,\mathrm{se}`;
+    else ``baseline`` is returned. ``z = 0``: any strictly positive lead. More fresh draws than selection
+    draws are cheap: two candidates are scored, not all. A deterministic defense, or ``chosen == baseline``,
+    is returned unchecked."""
     if chosen not in candidates or baseline not in candidates:
         raise ValueError(f"arguments 'chosen' ({chosen!r}) and 'baseline' ({baseline!r}) must name candidates")
+    if not (np.isfinite(z) and z >= 0):
+        raise ValueError(f"argument 'z' must be a finite number >= 0, got {z!r}")
     if chosen == baseline or not simulation.random:
-        return chosen, {}
-    fresh = simulation.fresh_draws()
-    scores = {nm: fresh.validation(candidates[nm], X_val, y_val) for nm in (baseline, chosen)}
-    return (chosen if tuple(scores[chosen]) > tuple(scores[baseline]) else baseline), scores
+        return Confirmation(chosen, {})
+    fresh = simulation.fresh_draws(draws)
+    (ec, hc), (eb, hb) = (fresh.mistakes(candidates[nm], X_val, y_val) for nm in (chosen, baseline))
+    d = np.asarray(ec, float) - np.asarray(eb, float)
+    lead = float(d.mean())
+    J, m = d.shape
+    var = (np.var(d.mean(axis=1), ddof=1) / J if J > 1 else 0.0) + (np.var(d.mean(axis=0), ddof=1) / m
+                                                                     if m > 1 else 0.0)
+    se = float(np.sqrt(var))
+    scores = {baseline: (float(np.mean(eb)), float(np.mean(hb))), chosen: (float(np.mean(ec)), float(np.mean(hc)))}
+    keep = lead > 0.0 and lead > z * se
+    return Confirmation(chosen if keep else baseline, scores, lead, se)
 
 
 class LoopResult(NamedTuple):

@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from experiments import defense_matrix
 
@@ -35,9 +36,12 @@ def test_quick_matrix_writes_rows_bounds_and_heatmap(tmp_path):
         best = r["best_on_selection_draws"]          # RONI: kept only if it also wins on fresh draws
         assert r["candidates_val_error_sim"][best] == max(r["candidates_val_error_sim"].values())
         assert r["val_error_sim"] >= r["val_error_sim_naive"] and r["chosen"] in (best, "naive")
+        checked = r["defense"] == "roni" and best != "naive"      # the fresh-draw lead, or None when unchecked
+        assert (r["fresh_draws_lead"] is not None) == checked and (r["fresh_draws_lead_se"] is not None) == checked
     tally = saved["adaptive_vs_naive"]
     assert set(tally) == {"sphere", "roni"}
     assert all(v["wins"] + v["ties"] + v["losses"] == 1 and v["val_losses"] == 0 for v in tally.values()), tally
+    assert len(tally["roni"]["paired"]) == 1 and "paired" not in tally["sphere"]
     assert (tmp_path / "heatmap_eps0.1.png").stat().st_size > 0
     assert not (tmp_path / "checkpoint.npz").exists() and res["all_below_bound"] is True
     assert np.isfinite(saved["clean_test_error"])
@@ -64,12 +68,14 @@ def test_adaptive_for_spends_no_more_steps_than_the_naive_poison(monkeypatch):
     class RandomSim(Sim):               # RONI: its fresh draws see the looped poison at 0.45, below the naive 0.5
         random = True
 
-        def fresh_draws(self):
+        def fresh_draws(self, draws=None):
+            asked.append(draws)
             fresh = Sim()
-            fresh.validation = lambda p, Xv, yv: (0.45 if np.isclose(p.X[0, 0], 0.55) else float(p.X[0, 0]), 0.0)
+            value = lambda p: 0.45 if np.isclose(p.X[0, 0], 0.55) else float(p.X[0, 0])   # noqa: E731
+            fresh.mistakes = lambda p, Xv, yv: (np.full((2, 10), value(p)), np.zeros((2, 10)))
             return fresh
 
-    looped = []
+    looped, asked = [], []
 
     def fake_loop(attack, sim, X, y, poison, Xv, yv, *, rounds, steps, warm_start):
         looped.append((float(poison.X[0, 0]), rounds, steps))
@@ -80,7 +86,7 @@ def test_adaptive_for_spends_no_more_steps_than_the_naive_poison(monkeypatch):
     monkeypatch.setattr(defense_matrix, "_simulation", lambda ctx, d, f: Sim())
     monkeypatch.setattr(defense_matrix, "_project_into", lambda d, p, ctx: pp(float(p.X[0, 0]) - 0.05))
     monkeypatch.setattr(defense_matrix, "_point_attack", lambda name, ctx: None)
-    args = argparse.Namespace(loop_rounds=2, loop_steps=0, steps=6, percentile=90.0)
+    args = argparse.Namespace(loop_rounds=2, loop_steps=0, steps=6, percentile=90.0, confirm_draws=3, confirm_z=2.0)
     ctx = defense_matrix._Ctx(args, None, np.zeros((4, 3)), np.array([0, 1, 0, 1]), None, None, None)
     # naive 0.5 (continued), naive_start 0.4 -> 0.55 after the loop: the loop wins
     chosen, info = defense_matrix._adaptive_for("biggio2012", "loss", pp(0.1), pp(0.5), pp(0.4), ctx, 0.1)
@@ -98,4 +104,32 @@ def test_adaptive_for_spends_no_more_steps_than_the_naive_poison(monkeypatch):
     monkeypatch.setattr(defense_matrix, "_simulation", lambda ctx, d, f: RandomSim())
     chosen, info = defense_matrix._adaptive_for("biggio2012", "roni", pp(0.1), pp(0.5), pp(0.4), ctx, 0.1)
     assert info["best_on_selection_draws"] == "naive_start+loop" and info["chosen"] == "naive"
-    assert chosen.X[0, 0] == 0.5 and info["val_error_sim_fresh_draws"] == {"naive": 0.5, "naive_start+loop": 0.45}
+    assert chosen.X[0, 0] == 0.5 and info["val_error_sim_fresh_draws"] == pytest.approx({"naive": 0.5,
+                                                                                         "naive_start+loop": 0.45})
+    assert asked == [3]                  # on --confirm-draws fresh draws
+    assert np.isclose(info["fresh_draws_lead"], -0.05) and info["fresh_draws_lead_se"] == 0.0
+
+
+def test_adaptive_vs_naive_pairs_the_defenders_draws():
+    """The paired view of a random defense: per cell the mean of (adaptive - naive) over the shared draws and its
+    standard error; a cell counts as a win or loss beyond noise only past two standard errors."""
+    rows = [{"attack": "a", "mode": "naive", "defense": "roni", "eps": 0.1, "test_error": 0.2,
+             "test_error_draws": [0.1, 0.2, 0.3]},
+            {"attack": "a", "mode": "adaptive", "defense": "roni", "eps": 0.1, "test_error": 0.3,
+             "test_error_draws": [0.2, 0.3, 0.4], "val_error_sim": 0.5, "val_error_sim_naive": 0.4},
+            {"attack": "b", "mode": "naive", "defense": "roni", "eps": 0.1, "test_error": 0.2,
+             "test_error_draws": [0.1, 0.2, 0.3]},
+            {"attack": "b", "mode": "adaptive", "defense": "roni", "eps": 0.1, "test_error": 0.1 + 0.2 / 3,
+             "test_error_draws": [0.3, 0.0, 0.2]},
+            {"attack": "a", "mode": "naive", "defense": "sphere", "eps": 0.1, "test_error": 0.2},
+            {"attack": "a", "mode": "adaptive", "defense": "sphere", "eps": 0.1, "test_error": 0.2}]
+    out = defense_matrix.adaptive_vs_naive(rows, ["roni", "sphere"])
+    roni = out["roni"]
+    assert (roni["wins"], roni["ties"], roni["losses"]) == (1, 0, 1)
+    (a, ea, ma, sa), (b, eb, mb, sb) = roni["paired"]
+    # a: +0.1 on every draw (standard error 0): beyond noise; b: differences (0.2, -0.2, -0.1)
+    assert (a, ea, b, eb) == ("a", 0.1, "b", 0.1) and np.isclose(ma, 0.1) and np.isclose(sa, 0.0)
+    d = np.array([0.2, -0.2, -0.1])
+    assert np.isclose(mb, d.mean()) and np.isclose(sb, d.std(ddof=1) / np.sqrt(3))
+    assert roni["sig_wins"] == 1 and roni["sig_losses"] == 0
+    assert "paired" not in out["sphere"] and out["sphere"]["ties"] == 1

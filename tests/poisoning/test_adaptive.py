@@ -193,6 +193,9 @@ def test_roni_simulation_averages_its_draws():
     per_draw = [defended(seed) for seed in (5, 6)]
     assert per_draw[0][1] != pytest.approx(per_draw[1][1])          # the draws differ: the mean is a real mean
     assert sim.draws == 2 and sim.validation(poison, Xv, yv) == pytest.approx(tuple(np.mean(per_draw, axis=0)))
+    errors, hinges = sim.mistakes(poison, Xv, yv)               # per draw and validation point
+    assert errors.shape == hinges.shape == (2, len(yv)) and set(np.unique(errors)) <= {0.0, 1.0}
+    assert np.allclose(errors.mean(axis=1), [e for e, _ in per_draw])
     sphere = DefenseSimulation.prepare("sphere", victim, X, y, fraction=0.2, draws=3)
     assert sphere.draws == 1 and not sphere.random and sphere.fresh_draws() is sphere
     with pytest.raises(ValueError, match="draws"):
@@ -207,32 +210,59 @@ def test_roni_simulation_averages_its_draws():
     assert ext.fresh_draws().validation(poison, Xv, yv) == pytest.approx(again.validation(poison, Xv, yv))
     assert not np.array_equal(ext.fresh_draws().roni_clean_scores[0], ext.roni_clean_scores[0])
     assert fresh.validation(poison, Xv, yv) == pytest.approx(tuple(np.mean(per_fresh, axis=0)))
+    # more fresh draws than selection draws: seeds 7, 8, 9
+    three = sim.fresh_draws(3)
+    assert three.draws == 3 and sim.draws == 2
+    assert three.validation(poison, Xv, yv) == pytest.approx(tuple(np.mean(per_fresh + [defended(9)], axis=0)))
+    assert len(ext.fresh_draws(2).roni_state) == 2
+    with pytest.raises(ValueError, match="draws"):
+        sim.fresh_draws(0)
 
 
 def test_confirm_choice_rescores_a_random_defense_on_fresh_draws():
-    """The winner's-curse check keeps a choice only if it beats the baseline on fresh draws; a deterministic
-    defense, or the baseline itself, is returned unchecked; names outside the candidates are refused."""
+    """The winner's-curse check keeps a choice only if its lead over the baseline on fresh draws exceeds z
+    standard errors (draws and validation points, hand-computed here); a deterministic defense, or the baseline
+    itself, is returned unchecked; names outside the candidates and a negative z are refused."""
     from poisoning.attacks.defense_loop import confirm_choice
 
+    rng = np.random.default_rng(0)
+    base = (rng.random((3, 200)) < 0.2).astype(float)          # 3 fresh draws x 200 validation points
+    strong = np.maximum(base, (np.arange(200) < 40)[None, :])   # 40 more mistakes on every draw
+    one = base.copy()
+    one[0, base[0] == 0] = 0.0
+    one[0, np.flatnonzero(base[0] == 0)[0]] = 1.0               # one more mistake, one draw
+    worse = base * (np.arange(200) >= 20)[None, :]              # fewer mistakes
+
     class Fresh:
-        def validation(self, p, X_val, y_val):
-            return float(p), 0.0
+        def mistakes(self, p, X_val, y_val):
+            return p, np.zeros_like(p)
 
     class Sim:
         def __init__(self, random):
-            self.random = random
+            self.random, self.asked = random, None
 
-        def fresh_draws(self):
+        def fresh_draws(self, draws=None):
+            self.asked = draws
             return Fresh()
 
-    cands = {"naive": 0.3, "a": 0.2, "b": 0.4}
-    assert confirm_choice(Sim(True), cands, "a", "naive", None, None) == ("naive", {"naive": (0.3, 0.0),
-                                                                                    "a": (0.2, 0.0)})
-    assert confirm_choice(Sim(True), cands, "b", "naive", None, None)[0] == "b"
-    assert confirm_choice(Sim(False), cands, "a", "naive", None, None) == ("a", {})
-    assert confirm_choice(Sim(True), cands, "naive", "naive", None, None) == ("naive", {})
+    cands = {"naive": base, "strong": strong, "one": one, "worse": worse}
+    d = strong - base
+    se = np.sqrt(np.var(d.mean(1), ddof=1) / 3 + np.var(d.mean(0), ddof=1) / 200)
+    sim = Sim(True)
+    got = confirm_choice(sim, cands, "strong", "naive", None, None, draws=3)
+    assert got.name == "strong" and sim.asked == 3
+    assert np.isclose(got.lead, d.mean()) and np.isclose(got.se, se) and got.lead > 2 * se
+    assert got.scores == {"naive": (base.mean(), 0.0), "strong": (strong.mean(), 0.0)}
+    small = confirm_choice(Sim(True), cands, "one", "naive", None, None)
+    assert small.name == "naive" and 0 < small.lead < 2 * small.se           # a lead of one mistake: noise
+    assert confirm_choice(Sim(True), cands, "one", "naive", None, None, z=0.0).name == "one"
+    assert confirm_choice(Sim(True), cands, "worse", "naive", None, None, z=0.0).name == "naive"
+    assert confirm_choice(Sim(False), cands, "worse", "naive", None, None) == ("worse", {}, None, None)
+    assert confirm_choice(Sim(True), cands, "naive", "naive", None, None) == ("naive", {}, None, None)
     with pytest.raises(ValueError, match="chosen"):
         confirm_choice(Sim(True), cands, "c", "naive", None, None)
+    with pytest.raises(ValueError, match="'z'"):
+        confirm_choice(Sim(True), cands, "one", "naive", None, None, z=-1.0)
 
 
 def test_a_round_whose_defended_victim_does_not_train_is_dropped(monkeypatch):
