@@ -139,9 +139,8 @@ class DefenseSimulation:
             raise ValueError(f"argument 'fraction' must be in [0, 1), got {fraction!r}")
         if roni not in ("external", "exact"):
             raise ValueError(f"argument 'roni' must be 'external' or 'exact', got {roni!r}")
-        if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
-            raise ValueError(f"argument 'draws' must be an int >= 1, got {draws!r}")
-        draws = int(draws) if defense in RANDOM_DEFENSES else 1
+        draws = _check_draws(draws)
+        draws = draws if defense in RANDOM_DEFENSES else 1
         X_clean, y_clean = np.asarray(X_clean, float), np.asarray(y_clean).astype(int)
         clean_params = fit_victim(victim, X_clean, y_clean) if clean_params is None else clean_params
         settings = dict(k=int(k), rank=int(rank), label_k=int(label_k), roni_trials=int(roni_trials),
@@ -161,11 +160,9 @@ class DefenseSimulation:
         """The same simulation with ``draws`` (default: as many as this one's) new seeds from ``seed + self.draws``
         on, independent of this one's: the held-out check of a choice made on this one's draws
         (:func:`confirm_choice`). A deterministic defense returns itself."""
-        if draws is not None and (isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1):
-            raise ValueError(f"argument 'draws' must be an int >= 1 or None, got {draws!r}")
+        draws = self.draws if draws is None else _check_draws(draws)
         if not self.random:
             return self
-        draws = self.draws if draws is None else int(draws)
         settings = dict(self.settings, seed=self.settings["seed"] + self.draws)
         states = scores = None
         if self.roni == "external":
@@ -219,6 +216,12 @@ class DefenseSimulation:
         over the simulation's ``draws`` (:meth:`mistakes`)."""
         errors, hinges = self.mistakes(poison, X_val, y_val)
         return float(errors.mean()), float(hinges.mean())
+
+
+def _check_draws(draws) -> int:
+    if isinstance(draws, bool) or not isinstance(draws, (int, np.integer)) or draws < 1:
+        raise ValueError(f"argument 'draws' must be an int >= 1, got {draws!r}")
+    return int(draws)
 
 
 def _external_roni(victim, X_clean, y_clean, trials: int, seed: int, draws: int):
