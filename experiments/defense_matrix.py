@@ -43,7 +43,9 @@ al. 2022), so the adaptive poison against defense ``D`` is chosen in three stage
    the defense keeps), crafted once per region (sphere and slab share one; loss, SEVER and RONI one; k-NN and
    label sanitization one; SVD one); the naive poison projected into ``D``'s region (point attacks); and,
    against k-NN and label sanitization, each of these with its copies concentrated onto locations of
-   ``k + 1`` (k-NN) or ``label_k // 2 + 2`` (label sanitization) copies, which those defenses cannot see;
+   ``k + 1`` (k-NN) or ``label_k // 2 + 2`` (label sanitization) copies, which those defenses cannot see,
+   and against RONI each with every copy on one location (its copies in RONI's validation draws lower its
+   measured impact; :func:`poisoning.attacks.defense_loop.copies_to_survive`);
 2. selection: among the candidates at ``--steps`` (all but the full-budget naive poison and its concentrated
    form), the one of highest *simulated* defended error on the attacker's validation split (``D``
    run by the attacker on clean + poison, the victim retrained on the survivors; never the test set; RONI's
@@ -427,8 +429,8 @@ def _fingerprint(p):
 def _adaptive_for(attack_name, defense, region_poison, naive, naive_start, ctx, fraction):
     """The adaptive poison against ``defense`` (module docstring, stages 1-3). Candidates at the start budget
     (``--steps``): the naive poison before its continuation, the region-constrained one, the naive one projected
-    into the defense's region, and, against the neighbour defenses, each with its copies concentrated onto
-    locations of :func:`~poisoning.attacks.defense_loop.copies_to_survive` copies; the best of them on the
+    into the defense's region, and, against the neighbour defenses and RONI, each with its copies concentrated
+    onto locations of :func:`~poisoning.attacks.defense_loop.copies_to_survive` copies; the best of them on the
     simulated defended validation error is ascended for ``--loop-rounds`` x ``--loop-steps`` steps against the
     simulated survivors' victim (point attacks). Candidates at the full budget: the naive poison itself (continued
     for as many steps without the defense) and its concentrated form. The result is the best of the loop's
@@ -446,7 +448,8 @@ def _adaptive_for(attack_name, defense, region_poison, naive, naive_start, ctx, 
         start["naive_start"] = naive_start
     if point:
         start["naive_projected"] = _project_into(defense, naive_start if rounds else naive, ctx)
-    c = L.copies_to_survive(defense, k=5, label_k=10)
+    total = len(naive.y) if naive.counts is None else int(np.rint(np.sum(naive.counts)))
+    c = L.copies_to_survive(defense, k=5, label_k=10, total=total)
     for group in (full, start):
         if c > 1:
             group.update({f"{nm}+concentrated": L.concentrate(p, c) for nm, p in list(group.items())})

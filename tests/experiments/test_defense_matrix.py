@@ -37,6 +37,7 @@ def test_quick_matrix_writes_rows_bounds_and_heatmap(tmp_path):
         assert r["candidates_val_error_sim"][best] == max(r["candidates_val_error_sim"].values())
         assert r["val_error_sim"] >= r["val_error_sim_naive"] and r["chosen"] in (best, "naive")
         checked = r["defense"] == "roni" and best != "naive"      # the fresh-draw lead, or None when unchecked
+        assert ("naive+concentrated" in r["candidates_val_error_sim"]) == (r["defense"] == "roni")
         assert (r["fresh_draws_lead"] is not None) == checked and (r["fresh_draws_lead_se"] is not None) == checked
     tally = saved["adaptive_vs_naive"]
     assert set(tally) == {"sphere", "roni"}
@@ -107,7 +108,13 @@ def test_adaptive_for_spends_no_more_steps_than_the_naive_poison(monkeypatch):
     assert chosen.X[0, 0] == 0.5 and info["val_error_sim_fresh_draws"] == pytest.approx({"naive": 0.5,
                                                                                          "naive_start+loop": 0.45})
     assert asked == [3]                  # on --confirm-draws fresh draws
+    # against RONI every candidate also comes with all its copies on one location
+    assert {"naive+concentrated", "naive_start+concentrated", "region+concentrated"} <= set(
+        info["candidates_val_error_sim"])
     assert np.isclose(info["fresh_draws_lead"], -0.05) and info["fresh_draws_lead_se"] == 0.0
+    monkeypatch.setattr(defense_matrix, "_simulation", lambda ctx, d, f: Sim())
+    _, info = defense_matrix._adaptive_for("biggio2012", "sever", pp(0.1), pp(0.5), pp(0.4), ctx, 0.1)
+    assert not any(nm.endswith("+concentrated") for nm in info["candidates_val_error_sim"])
 
 
 def test_adaptive_vs_naive_pairs_the_defenders_draws():

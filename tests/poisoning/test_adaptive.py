@@ -104,7 +104,9 @@ def test_concentrated_copies_pass_the_neighbour_defenses():
     X, y = _blobs(40, d=3)
     spread = PoisonPoints(X[:7], 1 - y[:7], counts=np.ones(7, int))     # flipped labels, one copy each
     c = copies_to_survive("label_sanitization", label_k=10)
-    assert c == 7 and copies_to_survive("knn", k=5) == 6 and copies_to_survive("sphere") == 1
+    assert c == 7 and copies_to_survive("knn", k=5) == 6 and copies_to_survive("sphere", total=7) == 1
+    assert copies_to_survive("roni", total=7) == 7 and copies_to_survive("roni") == 1   # RONI: one location
+    assert len(concentrate(spread, copies_to_survive("roni", total=7)).y) == 1
     conc = concentrate(spread, c)
     assert int(np.sum(conc.counts)) == 7 and np.all(np.asarray(conc.counts) >= c)
     assert concentrate(conc, c) is not None and len(concentrate(conc, c).y) == len(conc.y)
