@@ -171,20 +171,17 @@ def parse_pixel(text: str, shape: tuple[int, int] = (28, 28)):
 
 def load_images(dataset: str, data_dir, seed: int, n_train: int | None):
     """``(x, y, x_test, y_test, name, fallback)`` as NHWC float32 in [0, 1]: MNIST and Fashion-MNIST (with
-    the digits fallback) from :func:`experiments.gu2017.load_data`; CIFAR-10 from ``data_dir`` (no fallback:
-    a stand-in would not be CIFAR-10)."""
+    the digits fallback) from :func:`experiments.gu2017.load_data`; CIFAR-10 from ``data_dir`` by
+    :func:`experiments.backdoor_matrix.load_data` (no fallback: a stand-in would not be CIFAR-10)."""
     if dataset != "cifar10":
         return g.load_data(data_dir, seed, n_train, dataset)
-    from poisoning import datasets
+    from experiments.backdoor_matrix import load_data
 
     try:
-        ds = datasets.load_cifar10(_cli.resolve_data_dir(data_dir))
+        x, y, *rest = load_data("cifar10", data_dir, seed)
     except FileNotFoundError as exc:
         raise SystemExit(f"--dataset cifar10: no CIFAR-10 files under --data-dir ({exc})")
-    x, y = np.asarray(ds.X_train, np.float32), np.asarray(ds.y_train, np.int32)
-    if n_train is not None:
-        x, y = x[:n_train], y[:n_train]
-    return x, y, np.asarray(ds.X_test, np.float32), np.asarray(ds.y_test, np.int32), "cifar10", False
+    return (x, y, *rest) if n_train is None else (x[:n_train], y[:n_train], *rest)
 
 
 def network(model: str, dataset: str, knobs: dict):
