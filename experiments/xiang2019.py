@@ -382,18 +382,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             asr, hits, n_t = g.attack_success(trainer, state, trig, setting, xt, yt)
             after = {f"attack_success_after_{f}": filtered_attack_success(trainer, state, trig, setting, xt, yt, f)
                      for f in dict.fromkeys((args.ci_filter, args.ci_also)) if f != "none"}
-            base = {"delta": delta, "sources": mode, "pixel": [row, col], "n_poison": int(pset.is_poison.sum())}
+            in_target = np.asarray(pset.labels) == setting.target
+            base = {"delta": delta, "sources": mode, "pixel": [row, col], "n_poison": int(pset.is_poison.sum()),
+                    # AC's relative-size rule flags a cluster under 0.35 of its class: this share decides it
+                    "target_poison_share": float(np.asarray(pset.is_poison)[in_target].mean())}
             rows = [dict(g._row("pixel", setting, "none", "pixel", acc, asr, **after), **base)]
             print(f"[xiang2019] {mode}-source, delta {delta}: clean accuracy {acc:.4f}, attack success {asr:.4f} "
                   f"(after CI's filters: {after})", flush=True)
             for name, (det, rates, secs) in defend(state, pset.images, pset.labels, pset.is_poison).items():
                 extra = {"seconds": secs}
+                split = (det.per_class or {}).get(setting.target, {}) if name.startswith("ac") else {}
+                if "relative_size" in split:   # why AC flagged the target class or not
+                    extra["target_class_split"] = {k: split[k] for k in ("relative_size", "silhouette", "poisoned")}
                 if retrain == {"all"} or name in retrain:
                     re = trainer.fit(pset.images, pset.labels, keep=~det.flagged)
                     extra.update(retrained_clean_accuracy=trainer.accuracy(re, xt, yt),
                                  retrained_attack_success=g.attack_success(trainer, re, trig, setting, xt, yt)[0])
                 rows.append(dict(g._row("pixel", setting, name, "pixel", acc, asr, rates, **extra), **base))
                 print(f"[xiang2019]   {name}: TPR {rates.tpr:.4f} FPR {rates.fpr:.4f}"
+                      + (" (target class split %.3f / %.3f)" % (split["relative_size"], 1 - split["relative_size"])
+                         if "target_class_split" in extra else "")
                       + (f" -> retrained attack success {extra['retrained_attack_success']:.4f}"
                          if "retrained_attack_success" in extra else ""), flush=True)
             save(key, rows)

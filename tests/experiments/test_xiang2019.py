@@ -54,6 +54,11 @@ def test_paper_preset_runs_on_cifar10_files_with_its_settings_and_resumes(tmp_pa
         assert x["delta"] == 0.4 and 0.0 <= x["attack_success"] <= 1.0
         if x["defense"] != "none":
             assert 0.0 <= x["tpr"] <= 1.0 and 0.0 <= x["fpr"] <= 1.0
+        # the poison's share of the target class (what AC's 0.35 relative-size rule is judged against)
+        assert 0.0 < x["target_poison_share"] <= 1.0
+        if x["defense"].startswith("ac"):   # AC's split of the target class, as it decided
+            split = x["target_class_split"]
+            assert 0.0 < split["relative_size"] <= 0.5 and split["poisoned"] == (split["relative_size"] < 0.35)
     assert not any("retrained_attack_success" in x for x in rows)   # --retrain none (retraining: test_gu2017)
     assert set(res["ordering_ci_gt_ac_gt_ss"]) == {"multiple:0.4"}
     assert res["seed_ordering_every_multiple_source_size"] == res["ordering_ci_gt_ac_gt_ss"]["multiple:0.4"]
