@@ -404,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
                   f"(after CI's filters: {after})", flush=True)
             for name, (det, rates, secs) in defend(state, pset.images, pset.labels, pset.is_poison).items():
                 extra = {"seconds": secs}
-                split = (det.per_class or {}).get(setting.target, {}) if name.startswith("ac") else {}
+                split = det.per_class.get(setting.target, {}) if name.startswith("ac") else {}
                 if "relative_size" in split:   # why AC flagged the target class or not
                     extra["target_class_split"] = {k: split[k] for k in ("relative_size", "silhouette", "poisoned")}
                 if retrain == {"all"} or name in retrain:
