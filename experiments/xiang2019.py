@@ -73,6 +73,13 @@ model's numbers), ``ordering_ci_gt_ac_gt_ss`` (whether CI > AC > SS in TPR per s
 at TPR 0.988 and SS at 1.0, so no order is claimed there) and the paper's numbers;
 ``tpr_fpr.png`` plots TPR and FPR against the perturbation size.
 
+Seeds: one seed's order of CI and AC can turn on a few hundredths of TPR (README), so ``--seeds N`` runs
+seeds ``--seed`` ... ``--seed+N-1`` (each a resumable run in ``OUT/seed_K``) and ``--combine RUN ...``
+joins finished runs made with the same settings (on several machines, say). The combined ``results.json``
+(:func:`combine`) has the mean +- SE over seeds of every row (``table``), the ordering on the means, per
+seed, and the paired differences CI - AC and AC - SS with their standard errors; ``tpr_fpr_seeds.png``
+plots the means with error bars.
+
 Usage::
 
     # the seed's (multiple-source) table on the CPU, as in the README (20,000 images, 333 poisons, 12 epochs,
@@ -81,12 +88,16 @@ Usage::
     python -m experiments.xiang2019 --data-dir DIR --retrain none            # single-source too
     python -m experiments.xiang2019 --data-dir DIR --dataset fashion_mnist --pixel auto
     python -m experiments.xiang2019 --quick
+    # three seeds, one after another, or run apart (--seed 1 --out runs/s1, ...) and joined:
+    python -m experiments.xiang2019 --data-dir DIR --sources multiple --retrain none --seeds 3
+    python -m experiments.xiang2019 --combine runs/s0 runs/s1 runs/s2 --out runs/xiang2019_seeds
     # the seed's setting, on an accelerator (12 trainings of ResNet-20 for 200 epochs):
     python -m experiments.xiang2019 --data-dir DIR --preset paper
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import time
@@ -99,7 +110,7 @@ from experiments import _cli
 from experiments import gu2017 as g
 
 __all__ = ["PAPER", "PRESETS", "paper_cell", "choose_pixel", "parse_pixel", "load_images", "network",
-           "filtered_attack_success", "build_parser", "main"]
+           "filtered_attack_success", "build_parser", "run", "combine", "main"]
 
 # the networks (and their CPU knobs): the BadNets CNN and LeNet-5 never learn the single-pixel backdoor
 # on MNIST (see the module docstring); a narrow batch-normalized ConvNet does
@@ -254,6 +265,12 @@ def build_parser():
     p.add_argument("--retrain", default="ci",
                    help="retrain after which defenses' removal: a comma list of rows (ss, ac, ci, ci_median3, "
                         "ac_pca), 'all' or 'none' (the paper retrains after CI)")
+    p.add_argument("--seeds", type=int, default=1,
+                   help="independent runs with seeds --seed, --seed+1, ... (each in OUT/seed_K, resumable); "
+                        "OUT/results.json then holds every seed's rows and the mean +- SE table")
+    p.add_argument("--combine", nargs="+", metavar="RUN", default=None,
+                   help="combine finished runs (folders holding results.json, one seed each, the same settings) "
+                        "into --out: mean +- SE over seeds; nothing is trained")
     p.add_argument("--fresh", action="store_true")
     return p
 
@@ -274,10 +291,10 @@ def _plot(rows, path):
     return _cli.save_figure(fig, path)
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+def run(args) -> dict[str, Any]:
+    """One seed's table from parsed flags (``--seeds`` and ``--combine`` aside): results.json, the plot."""
     from poisoning import triggers
 
-    args = build_parser().parse_args(argv)
     for k, v in PRESETS[args.preset].items():          # the preset fills what the command line left unset
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -330,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     trainer = g.Trainer(cfg, knobs, x, args.seed, model=network(args.model, args.dataset, knobs))
     row, col = pixel if pixel is not None else choose_pixel(x)
     ci_max = 3 if args.quick else 10
-    config = {k: v for k, v in vars(args).items() if k not in ("out", "fresh")}
+    config = {k: v for k, v in vars(args).items() if k not in ("out", "fresh", "seeds", "combine")}
     ckpt = _cli.Checkpoint(out / "progress.npz")
     saved = None if args.fresh else ckpt.load()
     done: dict[str, list] = {}
@@ -456,6 +473,141 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"{results['seed_ordering_every_multiple_source_size']}"
           + f"\nwrote {out / 'results.json'}")
     return results
+
+
+def _ordering(tpr: dict, ci: str = "ci") -> bool | None:
+    """CI > AC > SS in ``tpr`` (a defense -> TPR map), or ``None`` where one of them is missing."""
+    if not all(d in tpr for d in (ci, "ac", "ss")):
+        return None
+    return bool(tpr[ci] > tpr["ac"] > tpr["ss"])
+
+
+def _mean_se(values) -> tuple[float, float | None]:
+    v = np.asarray(values, np.float64)
+    return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
+
+
+def combine(runs: Sequence[dict]) -> dict[str, Any]:
+    r"""The seeds' tables as one: ``runs`` are :func:`run`'s results with the same settings and distinct seeds.
+
+    Per setting (sources, delta) and row (defense): the mean and standard error over seeds of TPR, FPR,
+    attack success and clean accuracy. The seed's ordering CI > AC > SS is judged three ways, so that a
+    difference of a few hundredths in one seed is not read as an order: on the mean TPRs
+    (``ordering_on_means``), per seed (``ordering_per_seed``: one bool per seed) and by the paired differences
+    :math:`\overline{TPR_{CI} - TPR_{AC}}` and :math:`\overline{TPR_{AC} - TPR_{SS}}` with their standard
+    errors (``paired_differences``; a difference is *resolved* when it is more than 2 SE from 0)."""
+    if not runs:
+        raise ValueError("combine needs at least one run")
+    ignore = ("seed", "data_dir", "seeds", "combine")
+    first = {k: v for k, v in runs[0]["config"].items() if k not in ignore}
+    seeds = [r["config"]["seed"] for r in runs]
+    for r in runs[1:]:
+        cfg = {k: v for k, v in r["config"].items() if k not in ignore}
+        if cfg != first:
+            diff = sorted(k for k in set(cfg) | set(first) if cfg.get(k) != first.get(k))
+            raise ValueError(f"the runs differ in more than the seed: {diff}")
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"the runs repeat a seed: {seeds}")
+    keyed = [{(x["sources"], x["delta"], x["defense"]): x for x in r["rows"]} for r in runs]
+    keys = [k for k in keyed[0] if all(k in kk for kk in keyed)]
+    table = []
+    for key in keys:
+        rows = [kk[key] for kk in keyed]
+        entry = {"sources": key[0], "delta": key[1], "defense": key[2], "n_seeds": len(rows)}
+        for field in ("clean_accuracy", "attack_success", "tpr", "fpr"):
+            vals = [x[field] for x in rows]
+            if all(v is not None for v in vals):
+                entry[f"{field}_mean"], entry[f"{field}_se"] = _mean_se(vals)
+        table.append(entry)
+    on_means, per_seed, paired = {}, {}, {}
+    for sources, delta in dict.fromkeys((k[0], k[1]) for k in keys if k[0] is not None):
+        name = f"{sources}:{delta}"
+        tprs = [{k[2]: kk[k]["tpr"] for k in keys if k[:2] == (sources, delta)} for kk in keyed]
+        means = {d: float(np.mean([t[d] for t in tprs])) for d in tprs[0] if tprs[0][d] is not None}
+        if _ordering(means) is None:
+            continue
+        on_means[name] = _ordering(means)
+        per_seed[name] = [_ordering(t) for t in tprs]
+        paired[name] = {}
+        for hi, lo in (("ci", "ac"), ("ac", "ss")):
+            m, se = _mean_se([t[hi] - t[lo] for t in tprs])
+            paired[name][f"{hi}_minus_{lo}"] = {"mean": m, "se": se,
+                                                "resolved": se is not None and abs(m) > 2 * se}
+    multiple = [v for k, v in on_means.items() if k.startswith("multiple:")]
+    return {"experiment": "xiang2019", "dataset": runs[0]["dataset"], "fallback": runs[0]["fallback"],
+            "seeds": seeds, "config": {**first, "seeds": seeds}, "paper": PAPER, "table": table,
+            "ordering_on_means": on_means, "ordering_per_seed": per_seed, "paired_differences": paired,
+            "seed_ordering_every_multiple_source_size_on_means": bool(multiple) and all(multiple),
+            "runs": [{"seed": r["config"]["seed"], "rows": r["rows"]} for r in runs]}
+
+
+def _plot_combined(summary, path):
+    plt = _cli.pyplot()
+    table = [t for t in summary["table"] if t["sources"] and "tpr_mean" in t]
+    modes = sorted({t["sources"] for t in table})
+    fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(5 * max(len(modes), 1), 3.6), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        names = list(g.DEFENSES) + sorted({t["defense"] for t in table} - {*g.DEFENSES})
+        for d, color in zip(names, ("C0", "C1", "C2", "C3", "C4", "C5")):
+            tt = sorted((t for t in table if t["sources"] == mode and t["defense"] == d), key=lambda t: t["delta"])
+            if tt:
+                err = [t["tpr_se"] or 0.0 for t in tt]
+                ax.errorbar([t["delta"] for t in tt], [t["tpr_mean"] for t in tt], yerr=err, fmt="-o", color=color,
+                            capsize=3, label=f"{d.upper()} TPR")
+                ax.plot([t["delta"] for t in tt], [t["fpr_mean"] for t in tt], "--x", color=color,
+                        label=f"{d.upper()} FPR")
+        ax.set_xlabel("perturbation size"), ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{mode}-source, mean +- SE over {len(summary['seeds'])} seeds")
+        ax.legend(fontsize=7)
+    return _cli.save_figure(fig, path)
+
+
+def _write_combined(summary, out: Path) -> dict[str, Any]:
+    _cli.write_json_atomic(out / "results.json", summary)
+    _plot_combined(summary, out / "tpr_fpr_seeds.png")
+
+    def pm(t, f):
+        return "-" if f"{f}_mean" not in t else (
+            f"{t[f + '_mean']:.3f}" + ("" if t[f + "_se"] is None else f" +- {t[f + '_se']:.3f}"))
+
+    print(_cli.format_table(
+        [[t["sources"] or "-", "-" if t["delta"] is None else t["delta"], t["defense"], pm(t, "attack_success"),
+          pm(t, "tpr"), pm(t, "fpr"),
+          "-" if t["sources"] != "multiple" or paper_cell(t["delta"], t["defense"]) is None
+          else "(%.3f, %.3f)" % paper_cell(t["delta"], t["defense"])] for t in summary["table"]],
+        ["sources", "delta", "defense", "attack_success", "tpr", "fpr", "paper (tpr, fpr), multiple-source"]))
+    for name, ok in summary["ordering_on_means"].items():
+        held = summary["ordering_per_seed"][name]
+        diffs = "; ".join(f"{k.replace('_minus_', ' - ').upper()} {v['mean']:+.3f}"
+                          + ("" if v["se"] is None else f" +- {v['se']:.3f}" + (" (resolved)" if v["resolved"] else ""))
+                          for k, v in summary["paired_differences"][name].items())
+        print(f"{name}: CI > AC > SS on the means {ok}, in {sum(held)} of {len(held)} seeds; TPR {diffs}")
+    print(f"the seed's ordering (multiple-source) at every size, on the means over seeds {summary['seeds']}: "
+          f"{summary['seed_ordering_every_multiple_source_size_on_means']}\nwrote {out / 'results.json'}")
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = build_parser().parse_args(argv)
+    out = Path(args.out)
+    if args.combine:
+        runs = []
+        for d in args.combine:
+            f = Path(d) / "results.json"
+            if not f.is_file():
+                raise SystemExit(f"--combine: no results.json in {d}")
+            runs.append(_cli.read_json(f))
+        try:
+            return _write_combined(combine(runs), out)
+        except ValueError as exc:
+            raise SystemExit(f"--combine: {exc}")
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    if args.seeds == 1:
+        return run(args)
+    runs = [run(argparse.Namespace(**{**vars(args), "seed": args.seed + i, "out": str(out / f"seed_{args.seed + i}")}))
+            for i in range(args.seeds)]
+    return _write_combined(combine(runs), out)
 
 
 if __name__ == "__main__":

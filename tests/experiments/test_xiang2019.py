@@ -71,3 +71,76 @@ def test_paper_preset_runs_on_cifar10_files_with_its_settings_and_resumes(tmp_pa
 def test_cifar10_without_files_exits_naming_the_flag(tmp_path):
     with pytest.raises(SystemExit, match="--data-dir"):
         exp.main(["--quick", "--dataset", "cifar10", "--data-dir", str(tmp_path)])
+
+
+def _fake_run(seed, ci, ac, ss, *, n_poison=333):
+    """A finished run's results as :func:`exp.run` writes them: one multiple-source size, three defenses."""
+    rows = [{"sources": None, "delta": None, "defense": "none", "clean_accuracy": 0.99, "attack_success": None,
+             "tpr": None, "fpr": None}]
+    for d, t in (("none", None), ("ss", ss), ("ac", ac), ("ci", ci)):
+        rows.append({"sources": "multiple", "delta": 0.3, "defense": d, "clean_accuracy": 0.98 + 0.001 * seed,
+                     "attack_success": 0.9, "tpr": t, "fpr": None if t is None else 0.01 * seed})
+    return {"dataset": "mnist", "fallback": False, "rows": rows,
+            "config": {"seed": seed, "data_dir": f"/data{seed}", "n_poison": n_poison, "deltas": "0.3"}}
+
+
+def test_combine_averages_seeds_and_judges_the_ordering_three_ways():
+    runs = [_fake_run(0, 0.96, 0.97, 0.2), _fake_run(1, 0.99, 0.95, 0.3), _fake_run(2, 0.98, 0.93, 0.1)]
+    res = exp.combine(runs)
+    assert res["seeds"] == [0, 1, 2]
+    cell = {t["defense"]: t for t in res["table"] if t["sources"] == "multiple"}
+    ci, ac = np.array([0.96, 0.99, 0.98]), np.array([0.97, 0.95, 0.93])
+    assert cell["ci"]["tpr_mean"] == pytest.approx(ci.mean())
+    assert cell["ci"]["tpr_se"] == pytest.approx(ci.std(ddof=1) / np.sqrt(3))
+    assert cell["ac"]["fpr_mean"] == pytest.approx(0.01) and cell["none"]["n_seeds"] == 3
+    assert "tpr_mean" not in cell["none"]
+    assert res["ordering_per_seed"] == {"multiple:0.3": [False, True, True]}   # seed 0: AC above CI
+    assert res["ordering_on_means"] == {"multiple:0.3": True}
+    d = res["paired_differences"]["multiple:0.3"]["ci_minus_ac"]
+    assert d["mean"] == pytest.approx((ci - ac).mean()) and d["se"] == pytest.approx((ci - ac).std(ddof=1) / np.sqrt(3))
+    assert d["resolved"] == (abs(d["mean"]) > 2 * d["se"])
+    assert res["paired_differences"]["multiple:0.3"]["ac_minus_ss"]["resolved"] is True
+    assert res["seed_ordering_every_multiple_source_size_on_means"] is True
+    assert [r["seed"] for r in res["runs"]] == [0, 1, 2]
+    # one seed: no standard error, nothing resolved
+    one = exp.combine(runs[:1])
+    assert one["paired_differences"]["multiple:0.3"]["ci_minus_ac"]["se"] is None
+    assert one["seed_ordering_every_multiple_source_size_on_means"] is False
+
+
+def test_combine_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
+    with pytest.raises(ValueError, match="n_poison"):
+        exp.combine([_fake_run(0, 0.9, 0.8, 0.1), _fake_run(1, 0.9, 0.8, 0.1, n_poison=1000)])
+    with pytest.raises(ValueError, match="repeat a seed"):
+        exp.combine([_fake_run(0, 0.9, 0.8, 0.1), _fake_run(0, 0.9, 0.8, 0.1)])
+    with pytest.raises(ValueError, match="at least one"):
+        exp.combine([])
+    (tmp_path / "a").mkdir()
+    with pytest.raises(SystemExit, match="--combine"):
+        exp.main(["--combine", str(tmp_path / "a"), "--out", str(tmp_path / "out")])
+    with pytest.raises(SystemExit, match="--seeds"):
+        exp.main(["--quick", "--seeds", "0"])
+
+
+def test_combine_flag_and_seeds_loop_write_the_combined_table(tmp_path, monkeypatch):
+    import json
+
+    from experiments import _cli
+
+    for s in (0, 1):
+        _cli.write_json_atomic(tmp_path / f"r{s}" / "results.json", _fake_run(s, 0.99 - s / 100, 0.9, 0.2))
+    res = exp.main(["--combine", str(tmp_path / "r0"), str(tmp_path / "r1"), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["seeds"] == [0, 1]
+    assert (tmp_path / "out" / "tpr_fpr_seeds.png").stat().st_size > 0
+    assert res["ordering_per_seed"] == {"multiple:0.3": [True, True]}
+    # --seeds N runs seeds --seed .. --seed+N-1, each in OUT/seed_K, and combines them
+    calls = []
+
+    def fake(args):
+        calls.append((args.seed, args.out))
+        return _fake_run(args.seed, 0.99, 0.9, 0.2)
+
+    monkeypatch.setattr(exp, "run", fake)
+    res = exp.main(["--seed", "3", "--seeds", "2", "--out", str(tmp_path / "many")])
+    assert calls == [(3, str(tmp_path / "many" / "seed_3")), (4, str(tmp_path / "many" / "seed_4"))]
+    assert res["seeds"] == [3, 4] and (tmp_path / "many" / "results.json").is_file()
