@@ -110,7 +110,7 @@ from experiments import _cli
 from experiments import gu2017 as g
 
 __all__ = ["PAPER", "PRESETS", "paper_cell", "choose_pixel", "parse_pixel", "load_images", "network",
-           "filtered_attack_success", "build_parser", "run", "combine", "main"]
+           "filtered_attack_success", "LEARNED_SUCCESS", "build_parser", "run", "combine", "main"]
 
 # the networks (and their CPU knobs): the BadNets CNN and LeNet-5 never learn the single-pixel backdoor
 # on MNIST (see the module docstring); a narrow batch-normalized ConvNet does
@@ -125,6 +125,9 @@ N_TRAIN = 20000
 # 20,000), so that the backdoor is about 1/7 of the target class as there. 1,000 of 20,000 make it 1/3 of the
 # class, next to AC's 0.35 relative-size threshold: AC then flagged nothing at delta 0.40 (seed 0)
 POISON_FRACTION = 1 / 60
+# a seed's network has learned the backdoor when at least half the triggered test images reach the target: the
+# seed's table is about finding a learned backdoor (a network that ignores the trigger leaves no trace to find)
+LEARNED_SUCCESS = 0.5
 # the presets: a flag given on the command line overrides its preset's value
 PRESETS = {
     "cpu": {"dataset": "mnist", "model": "convnet", "epochs": EPOCHS, "batch_size": BATCH_SIZE, "lr": LR,
@@ -495,7 +498,10 @@ def combine(runs: Sequence[dict]) -> dict[str, Any]:
     difference of a few hundredths in one seed is not read as an order: on the mean TPRs
     (``ordering_on_means``), per seed (``ordering_per_seed``: one bool per seed) and by the paired differences
     :math:`\overline{TPR_{CI} - TPR_{AC}}` and :math:`\overline{TPR_{AC} - TPR_{SS}}` with their standard
-    errors (``paired_differences``; a difference is *resolved* when it is more than 2 SE from 0)."""
+    errors (``paired_differences``; a difference is *resolved* when it is more than 2 SE from 0). Whether each
+    seed's network learned the backdoor (attack success >= :data:`LEARNED_SUCCESS`) is reported per setting
+    (``attack_success_per_seed``, ``learned_per_seed``), and the ordering on the means is also given over the
+    seeds that learned it (``ordering_on_means_of_learned_seeds``; ``None`` where none did)."""
     if not runs:
         raise ValueError("combine needs at least one run")
     ignore = ("seed", "data_dir", "seeds", "combine")
@@ -519,14 +525,18 @@ def combine(runs: Sequence[dict]) -> dict[str, Any]:
             if all(v is not None for v in vals):
                 entry[f"{field}_mean"], entry[f"{field}_se"] = _mean_se(vals)
         table.append(entry)
-    on_means, per_seed, paired = {}, {}, {}
+    on_means, per_seed, paired, success, learned, on_learned = {}, {}, {}, {}, {}, {}
     for sources, delta in dict.fromkeys((k[0], k[1]) for k in keys if k[0] is not None):
         name = f"{sources}:{delta}"
         tprs = [{k[2]: kk[k]["tpr"] for k in keys if k[:2] == (sources, delta)} for kk in keyed]
-        means = {d: float(np.mean([t[d] for t in tprs])) for d in tprs[0] if tprs[0][d] is not None}
-        if _ordering(means) is None:
+        if _ordering(tprs[0]) is None:
             continue
-        on_means[name] = _ordering(means)
+        success[name] = [kk[(sources, delta, "none")]["attack_success"] for kk in keyed]
+        learned[name] = [bool(s >= LEARNED_SUCCESS) for s in success[name]]
+        on_means[name] = _ordering({d: float(np.mean([t[d] for t in tprs])) for d in ("ci", "ac", "ss")})
+        kept = [t for t, ok in zip(tprs, learned[name]) if ok]    # the seeds whose network learned the backdoor
+        on_learned[name] = (_ordering({d: float(np.mean([t[d] for t in kept])) for d in ("ci", "ac", "ss")})
+                            if kept else None)
         per_seed[name] = [_ordering(t) for t in tprs]
         paired[name] = {}
         for hi, lo in (("ci", "ac"), ("ac", "ss")):
@@ -534,10 +544,15 @@ def combine(runs: Sequence[dict]) -> dict[str, Any]:
             paired[name][f"{hi}_minus_{lo}"] = {"mean": m, "se": se,
                                                 "resolved": se is not None and abs(m) > 2 * se}
     multiple = [v for k, v in on_means.items() if k.startswith("multiple:")]
+    multiple_learned = [v for k, v in on_learned.items() if k.startswith("multiple:")]
     return {"experiment": "xiang2019", "dataset": runs[0]["dataset"], "fallback": runs[0]["fallback"],
             "seeds": seeds, "config": {**first, "seeds": seeds}, "paper": PAPER, "table": table,
+            "attack_success_per_seed": success, "learned_per_seed": learned,
             "ordering_on_means": on_means, "ordering_per_seed": per_seed, "paired_differences": paired,
             "seed_ordering_every_multiple_source_size_on_means": bool(multiple) and all(multiple),
+            "ordering_on_means_of_learned_seeds": on_learned,
+            "seed_ordering_every_multiple_source_size_on_learned_seeds":
+                bool(multiple_learned) and all(v is True for v in multiple_learned),
             "runs": [{"seed": r["config"]["seed"], "rows": r["rows"]} for r in runs]}
 
 
@@ -581,9 +596,14 @@ def _write_combined(summary, out: Path) -> dict[str, Any]:
         diffs = "; ".join(f"{k.replace('_minus_', ' - ').upper()} {v['mean']:+.3f}"
                           + ("" if v["se"] is None else f" +- {v['se']:.3f}" + (" (resolved)" if v["resolved"] else ""))
                           for k, v in summary["paired_differences"][name].items())
-        print(f"{name}: CI > AC > SS on the means {ok}, in {sum(held)} of {len(held)} seeds; TPR {diffs}")
+        learned = summary["learned_per_seed"][name]
+        print(f"{name}: CI > AC > SS on the means {ok}, in {sum(held)} of {len(held)} seeds; TPR {diffs}; "
+              f"backdoor learned in {sum(learned)} of {len(learned)} seeds (success "
+              + " / ".join(f"{v:.3f}" for v in summary["attack_success_per_seed"][name])
+              + f"), ordering on their means {summary['ordering_on_means_of_learned_seeds'][name]}")
     print(f"the seed's ordering (multiple-source) at every size, on the means over seeds {summary['seeds']}: "
-          f"{summary['seed_ordering_every_multiple_source_size_on_means']}\nwrote {out / 'results.json'}")
+          f"{summary['seed_ordering_every_multiple_source_size_on_means']}; on the seeds that learned the backdoor: "
+          f"{summary['seed_ordering_every_multiple_source_size_on_learned_seeds']}\nwrote {out / 'results.json'}")
     return summary
 
 

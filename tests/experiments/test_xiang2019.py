@@ -73,13 +73,13 @@ def test_cifar10_without_files_exits_naming_the_flag(tmp_path):
         exp.main(["--quick", "--dataset", "cifar10", "--data-dir", str(tmp_path)])
 
 
-def _fake_run(seed, ci, ac, ss, *, n_poison=333):
+def _fake_run(seed, ci, ac, ss, *, n_poison=333, success=0.9):
     """A finished run's results as :func:`exp.run` writes them: one multiple-source size, three defenses."""
     rows = [{"sources": None, "delta": None, "defense": "none", "clean_accuracy": 0.99, "attack_success": None,
              "tpr": None, "fpr": None}]
     for d, t in (("none", None), ("ss", ss), ("ac", ac), ("ci", ci)):
         rows.append({"sources": "multiple", "delta": 0.3, "defense": d, "clean_accuracy": 0.98 + 0.001 * seed,
-                     "attack_success": 0.9, "tpr": t, "fpr": None if t is None else 0.01 * seed})
+                     "attack_success": success, "tpr": t, "fpr": None if t is None else 0.01 * seed})
     return {"dataset": "mnist", "fallback": False, "rows": rows,
             "config": {"seed": seed, "data_dir": f"/data{seed}", "n_poison": n_poison, "deltas": "0.3"}}
 
@@ -102,10 +102,27 @@ def test_combine_averages_seeds_and_judges_the_ordering_three_ways():
     assert res["paired_differences"]["multiple:0.3"]["ac_minus_ss"]["resolved"] is True
     assert res["seed_ordering_every_multiple_source_size_on_means"] is True
     assert [r["seed"] for r in res["runs"]] == [0, 1, 2]
+    assert res["learned_per_seed"] == {"multiple:0.3": [True] * 3}
+    assert res["ordering_on_means_of_learned_seeds"] == res["ordering_on_means"]
     # one seed: no standard error, nothing resolved
     one = exp.combine(runs[:1])
     assert one["paired_differences"]["multiple:0.3"]["ci_minus_ac"]["se"] is None
     assert one["seed_ordering_every_multiple_source_size_on_means"] is False
+
+
+def test_combine_judges_the_ordering_again_on_the_seeds_that_learned_the_backdoor():
+    """A seed whose network ignored the trigger (success 1 %) has nothing for a defense to find: over all
+    seeds its TPRs decide the means, over the seeds that learned the backdoor they do not count."""
+    runs = [_fake_run(0, 0.96, 0.95, 0.2), _fake_run(1, 0.99, 0.97, 0.3), _fake_run(2, 0.0, 0.2, 0.1, success=0.01)]
+    res = exp.combine(runs)
+    assert res["attack_success_per_seed"] == {"multiple:0.3": [0.9, 0.9, 0.01]}
+    assert res["learned_per_seed"] == {"multiple:0.3": [True, True, False]}
+    assert res["ordering_on_means"] == {"multiple:0.3": False}                 # 0.65 < 0.707
+    assert res["ordering_on_means_of_learned_seeds"] == {"multiple:0.3": True}  # 0.975 > 0.96 > 0.25
+    assert res["seed_ordering_every_multiple_source_size_on_learned_seeds"] is True
+    none = exp.combine([runs[2]])
+    assert none["ordering_on_means_of_learned_seeds"] == {"multiple:0.3": None}
+    assert none["seed_ordering_every_multiple_source_size_on_learned_seeds"] is False
 
 
 def test_combine_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
