@@ -490,6 +490,32 @@ def _mean_se(values) -> tuple[float, float | None]:
     return float(v.mean()), (float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else None)
 
 
+def _judge(keyed, keys, learned, ci: str) -> dict[str, Any]:
+    """:func:`combine`'s verdicts on CI > AC > SS with the CI row ``ci``."""
+    on_means, per_seed, paired, on_learned = {}, {}, {}, {}
+    for name in learned:
+        tprs = [{k[2]: kk[k]["tpr"] for k in keys if f"{k[0]}:{k[1]}" == name} for kk in keyed]
+        if _ordering(tprs[0], ci) is None:
+            continue
+        on_means[name] = _ordering({d: float(np.mean([t[d] for t in tprs])) for d in (ci, "ac", "ss")}, ci)
+        kept = [t for t, ok in zip(tprs, learned[name]) if ok]    # the seeds whose network learned the backdoor
+        on_learned[name] = (_ordering({d: float(np.mean([t[d] for t in kept])) for d in (ci, "ac", "ss")}, ci)
+                            if kept else None)
+        per_seed[name] = [_ordering(t, ci) for t in tprs]
+        paired[name] = {}
+        for hi, lo in ((ci, "ac"), ("ac", "ss")):
+            m, se = _mean_se([t[hi] - t[lo] for t in tprs])
+            paired[name][f"{'ci' if hi == ci else hi}_minus_{lo}"] = {"mean": m, "se": se,
+                                                                     "resolved": se is not None and abs(m) > 2 * se}
+    multiple = [v for k, v in on_means.items() if k.startswith("multiple:")]
+    multiple_learned = [v for k, v in on_learned.items() if k.startswith("multiple:")]
+    return {"ordering_on_means": on_means, "ordering_per_seed": per_seed, "paired_differences": paired,
+            "seed_ordering_every_multiple_source_size_on_means": bool(multiple) and all(multiple),
+            "ordering_on_means_of_learned_seeds": on_learned,
+            "seed_ordering_every_multiple_source_size_on_learned_seeds":
+                bool(multiple_learned) and all(v is True for v in multiple_learned)}
+
+
 def combine(runs: Sequence[dict]) -> dict[str, Any]:
     r"""The seeds' tables as one: ``runs`` are :func:`run`'s results with the same settings and distinct seeds.
 
@@ -501,7 +527,9 @@ def combine(runs: Sequence[dict]) -> dict[str, Any]:
     errors (``paired_differences``; a difference is *resolved* when it is more than 2 SE from 0). Whether each
     seed's network learned the backdoor (attack success >= :data:`LEARNED_SUCCESS`) is reported per setting
     (``attack_success_per_seed``, ``learned_per_seed``), and the ordering on the means is also given over the
-    seeds that learned it (``ordering_on_means_of_learned_seeds``; ``None`` where none did)."""
+    seeds that learned it (``ordering_on_means_of_learned_seeds``; ``None`` where none did). The verdicts use
+    the row ``ci`` (the paper's filter by default); each other CI row (``ci_median3``: the same mixtures under
+    another filter) gets the same verdicts under ``with_<row>``."""
     if not runs:
         raise ValueError("combine needs at least one run")
     ignore = ("seed", "data_dir", "seeds", "combine")
@@ -525,34 +553,17 @@ def combine(runs: Sequence[dict]) -> dict[str, Any]:
             if all(v is not None for v in vals):
                 entry[f"{field}_mean"], entry[f"{field}_se"] = _mean_se(vals)
         table.append(entry)
-    on_means, per_seed, paired, success, learned, on_learned = {}, {}, {}, {}, {}, {}
+    success, learned = {}, {}
     for sources, delta in dict.fromkeys((k[0], k[1]) for k in keys if k[0] is not None):
         name = f"{sources}:{delta}"
-        tprs = [{k[2]: kk[k]["tpr"] for k in keys if k[:2] == (sources, delta)} for kk in keyed]
-        if _ordering(tprs[0]) is None:
-            continue
         success[name] = [kk[(sources, delta, "none")]["attack_success"] for kk in keyed]
         learned[name] = [bool(s >= LEARNED_SUCCESS) for s in success[name]]
-        on_means[name] = _ordering({d: float(np.mean([t[d] for t in tprs])) for d in ("ci", "ac", "ss")})
-        kept = [t for t, ok in zip(tprs, learned[name]) if ok]    # the seeds whose network learned the backdoor
-        on_learned[name] = (_ordering({d: float(np.mean([t[d] for t in kept])) for d in ("ci", "ac", "ss")})
-                            if kept else None)
-        per_seed[name] = [_ordering(t) for t in tprs]
-        paired[name] = {}
-        for hi, lo in (("ci", "ac"), ("ac", "ss")):
-            m, se = _mean_se([t[hi] - t[lo] for t in tprs])
-            paired[name][f"{hi}_minus_{lo}"] = {"mean": m, "se": se,
-                                                "resolved": se is not None and abs(m) > 2 * se}
-    multiple = [v for k, v in on_means.items() if k.startswith("multiple:")]
-    multiple_learned = [v for k, v in on_learned.items() if k.startswith("multiple:")]
+    ci_rows = sorted({k[2] for k in keys if k[2] == "ci" or k[2].startswith("ci_")})
+    judged = {ci: _judge(keyed, keys, learned, ci) for ci in ci_rows}
     return {"experiment": "xiang2019", "dataset": runs[0]["dataset"], "fallback": runs[0]["fallback"],
             "seeds": seeds, "config": {**first, "seeds": seeds}, "paper": PAPER, "table": table,
-            "attack_success_per_seed": success, "learned_per_seed": learned,
-            "ordering_on_means": on_means, "ordering_per_seed": per_seed, "paired_differences": paired,
-            "seed_ordering_every_multiple_source_size_on_means": bool(multiple) and all(multiple),
-            "ordering_on_means_of_learned_seeds": on_learned,
-            "seed_ordering_every_multiple_source_size_on_learned_seeds":
-                bool(multiple_learned) and all(v is True for v in multiple_learned),
+            "attack_success_per_seed": success, "learned_per_seed": learned, **judged.get("ci", {}),
+            **{f"with_{ci}": j for ci, j in judged.items() if ci != "ci"},
             "runs": [{"seed": r["config"]["seed"], "rows": r["rows"]} for r in runs]}
 
 
@@ -591,19 +602,22 @@ def _write_combined(summary, out: Path) -> dict[str, Any]:
           "-" if t["sources"] != "multiple" or paper_cell(t["delta"], t["defense"]) is None
           else "(%.3f, %.3f)" % paper_cell(t["delta"], t["defense"])] for t in summary["table"]],
         ["sources", "delta", "defense", "attack_success", "tpr", "fpr", "paper (tpr, fpr), multiple-source"]))
-    for name, ok in summary["ordering_on_means"].items():
-        held = summary["ordering_per_seed"][name]
-        diffs = "; ".join(f"{k.replace('_minus_', ' - ').upper()} {v['mean']:+.3f}"
-                          + ("" if v["se"] is None else f" +- {v['se']:.3f}" + (" (resolved)" if v["resolved"] else ""))
-                          for k, v in summary["paired_differences"][name].items())
-        learned = summary["learned_per_seed"][name]
-        print(f"{name}: CI > AC > SS on the means {ok}, in {sum(held)} of {len(held)} seeds; TPR {diffs}; "
-              f"backdoor learned in {sum(learned)} of {len(learned)} seeds (success "
-              + " / ".join(f"{v:.3f}" for v in summary["attack_success_per_seed"][name])
-              + f"), ordering on their means {summary['ordering_on_means_of_learned_seeds'][name]}")
-    print(f"the seed's ordering (multiple-source) at every size, on the means over seeds {summary['seeds']}: "
-          f"{summary['seed_ordering_every_multiple_source_size_on_means']}; on the seeds that learned the backdoor: "
-          f"{summary['seed_ordering_every_multiple_source_size_on_learned_seeds']}\nwrote {out / 'results.json'}")
+    verdicts = [("ci", summary)] + [(k[len("with_"):], v) for k, v in summary.items() if k.startswith("with_ci")]
+    for ci, v in verdicts:
+        print(f"CI row {ci!r}:")
+        for name, ok in v["ordering_on_means"].items():
+            held, learned = v["ordering_per_seed"][name], summary["learned_per_seed"][name]
+            diffs = "; ".join(f"{k.replace('_minus_', ' - ').upper()} {d['mean']:+.3f}"
+                              + ("" if d["se"] is None else f" +- {d['se']:.3f}" + (" (resolved)" if d["resolved"] else ""))
+                              for k, d in v["paired_differences"][name].items())
+            print(f"  {name}: CI > AC > SS on the means {ok}, in {sum(held)} of {len(held)} seeds; TPR {diffs}; "
+                  f"backdoor learned in {sum(learned)} of {len(learned)} seeds (success "
+                  + " / ".join(f"{a:.3f}" for a in summary["attack_success_per_seed"][name])
+                  + f"), ordering on their means {v['ordering_on_means_of_learned_seeds'][name]}")
+        print(f"  the seed's ordering (multiple-source) at every size, on the means over seeds {summary['seeds']}: "
+              f"{v['seed_ordering_every_multiple_source_size_on_means']}; on the seeds that learned the backdoor: "
+              f"{v['seed_ordering_every_multiple_source_size_on_learned_seeds']}")
+    print(f"wrote {out / 'results.json'}")
     return summary
 
 

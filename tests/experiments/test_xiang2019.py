@@ -125,6 +125,19 @@ def test_combine_judges_the_ordering_again_on_the_seeds_that_learned_the_backdoo
     assert none["seed_ordering_every_multiple_source_size_on_learned_seeds"] is False
 
 
+def test_combine_judges_every_ci_row_apart():
+    """CI judged under another filter (row ``ci_median3``, the same mixtures) gets its own verdicts."""
+    runs = [_fake_run(0, 0.0, 0.97, 0.2), _fake_run(1, 0.5, 0.95, 0.3)]   # the 2x2 average left the backdoor
+    for r, t in zip(runs, (0.99, 0.98)):
+        r["rows"].append(dict(r["rows"][-1], defense="ci_median3", tpr=t))
+    res = exp.combine(runs)
+    assert res["ordering_on_means"] == {"multiple:0.3": False}
+    alt = res["with_ci_median3"]
+    assert alt["ordering_on_means"] == {"multiple:0.3": True} and alt["ordering_per_seed"]["multiple:0.3"] == [True, True]
+    assert alt["paired_differences"]["multiple:0.3"]["ci_minus_ac"]["mean"] == pytest.approx(0.025)
+    assert alt["seed_ordering_every_multiple_source_size_on_learned_seeds"] is True
+
+
 def test_combine_refuses_runs_that_differ_in_more_than_the_seed(tmp_path):
     with pytest.raises(ValueError, match="n_poison"):
         exp.combine([_fake_run(0, 0.9, 0.8, 0.1), _fake_run(1, 0.9, 0.8, 0.1, n_poison=1000)])
