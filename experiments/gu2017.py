@@ -333,8 +333,9 @@ def ci_image_filter(name: str):
 
 
 def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion, ci_threshold, seed,
-                 ci_max_components=10, ci_filter="avg2", ci_bic_patience=1, ac_reduction="ica"):
-    """Each defense on ``state``'s penultimate features of ``(x, y)``: ``{name: (Detection, rates, secs)}``."""
+                 ci_max_components=10, ci_filter="avg2", ci_bic_patience=1, ac_reduction="ica", ci_fit_samples=2000):
+    """Each defense on ``state``'s penultimate features of ``(x, y)``: ``{name: (Detection, rates, secs)}``.
+    ``ci_fit_samples``: CI's mixtures are fitted on at most this many samples of a class (``None``: all)."""
     from poisoning.defenses.activation_clustering import activation_clustering
     from poisoning.defenses.cluster_impurity import cluster_impurity
     from poisoning.defenses.detection import detection_rates
@@ -356,7 +357,8 @@ def run_defenses(names, trainer, state, x, y, is_poison, *, ss_eps, ac_criterion
         else:
             det = cluster_impurity(feats, y, x, lambda im: trainer.logits(state, im).argmax(-1),
                                    threshold=ci_threshold, max_components=ci_max_components, seed=seed,
-                                   image_filter=ci_image_filter(ci_filter), bic_patience=ci_bic_patience)
+                                   image_filter=ci_image_filter(ci_filter), bic_patience=ci_bic_patience,
+                                   fit_samples=ci_fit_samples)
         out[name] = (det, detection_rates(det.flagged, is_poison), time.perf_counter() - t0)
         print(f"[gu2017]     {name} ran in {out[name][2]:.1f} s", flush=True)
     return out, feats

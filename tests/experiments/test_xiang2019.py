@@ -45,7 +45,7 @@ def test_paper_preset_runs_on_cifar10_files_with_its_settings_and_resumes(tmp_pa
     assert (cfg["preset"], cfg["dataset"], cfg["model"], cfg["augment"]) == ("paper", "cifar10", "resnet20",
                                                                              "crop_flip")
     assert (cfg["epochs"], cfg["batch_size"], cfg["lr"], cfg["weight_decay"]) == (200, 32, 0.025, 1e-4)
-    assert cfg["n_poison"] == 1000                                # the cpu preset's default is 1 in 60 images
+    assert cfg["n_poison"] == 1000                                # the cpu preset's default is 1 in 40 images
     assert cfg["deltas"] == "0.4" and cfg["target"] == 1          # explicit flags win over the preset
     r, c = res["pixel"]
     assert 8 <= r < 24 and 8 <= c < 24
