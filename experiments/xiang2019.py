@@ -283,8 +283,11 @@ def build_parser():
     return p
 
 
-def _plot(rows, path):
+def _plot(rows, path, *, over_seeds: int | None = None):
+    """TPR and FPR against the perturbation size per defense: one run's ``rows``, or (``over_seeds``) the
+    :func:`combine` table's means with the TPR's standard error as error bars."""
     plt = _cli.pyplot()
+    tpr, fpr = ("tpr_mean", "fpr_mean") if over_seeds else ("tpr", "fpr")
     modes = sorted({r["sources"] for r in rows if r["sources"]})
     fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(5 * max(len(modes), 1), 3.6), squeeze=False)
     for ax, mode in zip(axes[0], modes):
@@ -292,9 +295,12 @@ def _plot(rows, path):
         for d, color in zip(names, ("C0", "C1", "C2", "C3", "C4", "C5")):
             rr = sorted((r for r in rows if r["sources"] == mode and r["defense"] == d), key=lambda r: r["delta"])
             if rr:
-                ax.plot([r["delta"] for r in rr], [r["tpr"] for r in rr], "-o", color=color, label=f"{d.upper()} TPR")
-                ax.plot([r["delta"] for r in rr], [r["fpr"] for r in rr], "--x", color=color, label=f"{d.upper()} FPR")
-        ax.set_xlabel("perturbation size"), ax.set_ylim(-0.02, 1.02), ax.set_title(f"{mode}-source")
+                err = [r["tpr_se"] or 0.0 for r in rr] if over_seeds else None
+                ax.errorbar([r["delta"] for r in rr], [r[tpr] for r in rr], yerr=err, fmt="-o", color=color,
+                            capsize=3, label=f"{d.upper()} TPR")
+                ax.plot([r["delta"] for r in rr], [r[fpr] for r in rr], "--x", color=color, label=f"{d.upper()} FPR")
+        ax.set_xlabel("perturbation size"), ax.set_ylim(-0.02, 1.02)
+        ax.set_title(f"{mode}-source" + (f", mean +- SE over {over_seeds} seeds" if over_seeds else ""))
         ax.legend(fontsize=7)
     return _cli.save_figure(fig, path)
 
@@ -452,10 +458,10 @@ def run(args) -> dict[str, Any]:
     for mode in modes:
         for delta in deltas:
             tpr = {r["defense"]: r["tpr"] for r in rows if r["sources"] == mode and r["delta"] == delta}
-            if all(d in tpr for d in g.DEFENSES):
-                ordering[f"{mode}:{delta}"] = bool(tpr["ci"] > tpr["ac"] > tpr["ss"])
+            if _ordering(tpr) is not None:
+                ordering[f"{mode}:{delta}"] = _ordering(tpr)
                 if ci_alt in tpr:   # the same ordering with CI judged under the other filter
-                    ordering_alt[f"{mode}:{delta}"] = bool(tpr[ci_alt] > tpr["ac"] > tpr["ss"])
+                    ordering_alt[f"{mode}:{delta}"] = _ordering(tpr, ci_alt)
     # the seed's table is multiple-source only; its ordering is claimed there, at every size
     multiple = [v for k, v in ordering.items() if k.startswith("multiple:")]
     results = {"experiment": "xiang2019", "dataset": data_name, "fallback": fallback, "pixel": [row, col],
@@ -574,30 +580,9 @@ def combine(runs: Sequence[dict]) -> dict[str, Any]:
             "runs": [{"seed": r["config"]["seed"], "rows": r["rows"]} for r in runs]}
 
 
-def _plot_combined(summary, path):
-    plt = _cli.pyplot()
-    table = [t for t in summary["table"] if t["sources"] and "tpr_mean" in t]
-    modes = sorted({t["sources"] for t in table})
-    fig, axes = plt.subplots(1, max(len(modes), 1), figsize=(5 * max(len(modes), 1), 3.6), squeeze=False)
-    for ax, mode in zip(axes[0], modes):
-        names = list(g.DEFENSES) + sorted({t["defense"] for t in table} - {*g.DEFENSES})
-        for d, color in zip(names, ("C0", "C1", "C2", "C3", "C4", "C5")):
-            tt = sorted((t for t in table if t["sources"] == mode and t["defense"] == d), key=lambda t: t["delta"])
-            if tt:
-                err = [t["tpr_se"] or 0.0 for t in tt]
-                ax.errorbar([t["delta"] for t in tt], [t["tpr_mean"] for t in tt], yerr=err, fmt="-o", color=color,
-                            capsize=3, label=f"{d.upper()} TPR")
-                ax.plot([t["delta"] for t in tt], [t["fpr_mean"] for t in tt], "--x", color=color,
-                        label=f"{d.upper()} FPR")
-        ax.set_xlabel("perturbation size"), ax.set_ylim(-0.02, 1.02)
-        ax.set_title(f"{mode}-source, mean +- SE over {len(summary['seeds'])} seeds")
-        ax.legend(fontsize=7)
-    return _cli.save_figure(fig, path)
-
-
 def _write_combined(summary, out: Path) -> dict[str, Any]:
     _cli.write_json_atomic(out / "results.json", summary)
-    _plot_combined(summary, out / "tpr_fpr_seeds.png")
+    _plot(summary["table"], out / "tpr_fpr_seeds.png", over_seeds=len(summary["seeds"]))
 
     def pm(t, f):
         return "-" if f"{f}_mean" not in t else (
