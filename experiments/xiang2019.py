@@ -36,11 +36,12 @@ Protocol (CPU; the paper's is CIFAR-10, ResNet-20, 200 epochs):
   0.6-1 %); 500 taught seed 1 both (60 % and 89 %). With 1,000 the poison is a third of the target class,
   just under AC's relative-size threshold of 0.35: a few clean 2s joining the poison's cluster then put it
   above the threshold, and AC (ICA) flagged no poison at delta 0.40 (README);
-- defenses, on the poisoned network's penultimate features: SS (``--ss-eps``), AC (the paper's: ICA to
-  10 components, 2-means, relative size; ``--ac-reduction``), CI as in the author's code (2x2 average
-  filter ``--ci-filter avg2``, mixtures grown until the BIC fails twice, fitted on every sample of the class,
-  ``--ci-fit-samples``, impurity threshold 0.5); TPR =
-  flagged poisons / poisons, FPR = flagged clean / all clean training samples. Two more rows per
+- defenses, on the poisoned network's penultimate features: SS (``--ss-eps``, 0.1: it removes 1.5 eps = 15 %
+  of every class, so it finds at most 0.15 n_c of a class's poisons, 0.73 of the 500 in a target class of
+  about 2,430), AC (the paper's: ICA to 10 components, 2-means, relative size; ``--ac-reduction``), CI as
+  in the author's code (2x2 average filter ``--ci-filter avg2``, mixtures grown until the BIC fails twice,
+  fitted on every sample of the class, ``--ci-fit-samples``, impurity threshold 0.5); TPR = flagged
+  poisons / poisons, FPR = flagged clean / all clean training samples. Two more rows per
   setting: ``ci_median3`` judges CI's *same* mixtures under a 3x3 median filter (``--ci-also``; no refit,
   :func:`poisoning.defenses.cluster_impurity.impurity_detection`) and ``ac_pca`` is AC on principal
   components with their variances kept (``--ac-also``). ``attack_success_after_<filter>`` is the attack
