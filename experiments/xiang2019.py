@@ -459,8 +459,9 @@ def run(args) -> dict[str, Any]:
     for mode in modes:
         for delta in deltas:
             tpr = {r["defense"]: r["tpr"] for r in rows if r["sources"] == mode and r["delta"] == delta}
-            if _ordering(tpr) is not None:
-                ordering[f"{mode}:{delta}"] = _ordering(tpr)
+            verdict = _ordering(tpr)
+            if verdict is not None:
+                ordering[f"{mode}:{delta}"] = verdict
                 if ci_alt in tpr:   # the same ordering with CI judged under the other filter
                     ordering_alt[f"{mode}:{delta}"] = _ordering(tpr, ci_alt)
     # the seed's table is multiple-source only; its ordering is claimed there, at every size
